@@ -1,0 +1,48 @@
+"""tflite_pipeline: Keras image classifier -> tfmot -> full-integer TFLite, proven in LiteRT.
+
+    import tflite_pipeline as tp
+    result = tp.run(tp.load_recipe("default"), run_name="demo")
+    print(result.report.parity.format_table())
+
+Importing this package sets TF_USE_LEGACY_KERAS=1 (see `env`) and is cheap: the public names
+below are loaded on first use, so `tflite-pipeline inspect` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import env  # noqa: F401  (must run before anything imports TensorFlow)
+from .errors import (ConversionError, DataError, DependencyError, ModelError, OutputError, ParityError,
+                     PipelineError, RecipeError, TFLiteFileError)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Recipe": "recipe", "load_recipe": "recipe", "bundled_recipes": "recipe",
+    "PreprocessSpec": "data", "ImageFolder": "data", "open_splits": "data", "read_labels": "data",
+    "build_mobilenet_v2": "models", "load_model": "models",
+    "train_classifier": "train",
+    "convert": "convert", "convert_float32": "convert", "convert_int8": "convert",
+    "representative_dataset": "convert",
+    "inspect_tflite": "inspect", "TFLiteInfo": "inspect",
+    "LiteRTClassifier": "verify", "ParityReport": "verify", "verify": "verify",
+    "RunReport": "report",
+    "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
+}
+
+__all__ = sorted([*_LAZY, "ConversionError", "DataError", "DependencyError", "ModelError", "OutputError",
+                  "ParityError", "PipelineError", "RecipeError", "TFLiteFileError"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,320 @@
+"""Image-folder datasets and THE preprocessing spec.
+
+One `PreprocessSpec` turns a file into model input for training, calibration, evaluation and
+(through `preprocessing.json`) the Android app:
+
+    decode with Pillow -> EXIF orientation -> RGB (or L) -> bilinear resize to the model input
+    -> normalize: minus_one_to_one  x = p / 127.5 - 1
+                  zero_to_one       x = p / 255
+                  raw               x = p            (the model normalizes inside itself)
+                  mean_std          x = (p / 255 - mean) / std   (per channel)
+
+Datasets stream from disk through tf.data; nothing holds a whole split in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+from .recipe import NORMALIZATIONS, PreprocessConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_DECODE_ERROR_TAG = "tflite_pipeline.DataError: "
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Size, channels and normalization of a model's input; saved as `preprocessing.json`."""
+
+    height: int
+    width: int
+    channels: int = 3
+    normalization: str = "minus_one_to_one"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    resize: str = "bilinear"
+    channel_order: str = "RGB"
+    layout: str = "NHWC"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise DataError(f"Received channels={self.channels}; expected 1 (grayscale) or 3 (RGB).")
+        if self.normalization not in NORMALIZATIONS:
+            raise DataError(f"Received normalization={self.normalization!r}; expected one of {NORMALIZATIONS}.")
+        if self.normalization == "mean_std" and (len(self.mean) not in (1, self.channels) or
+                                                 len(self.std) != len(self.mean)):
+            raise DataError(f"Received mean={self.mean}, std={self.std} for {self.channels} channels; "
+                            "expected 1 or one-per-channel values of each.")
+
+    @classmethod
+    def from_config(cls, config: PreprocessConfig, input_shape: Sequence[int]) -> "PreprocessSpec":
+        """Combine a recipe's normalization with a model input shape `(height, width, channels)`."""
+        height, width, channels = (int(d) for d in input_shape)
+        return cls(height=height, width=width, channels=channels, normalization=config.normalization,
+                   mean=tuple(config.mean), std=tuple(config.std))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreprocessSpec":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as error:
+            raise DataError(f"Cannot read preprocessing spec {str(path)!r}: {error}.") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        out["formula"] = self.formula()
+        return out
+
+    def formula(self) -> str:
+        return {
+            "minus_one_to_one": "x = pixel / 127.5 - 1",
+            "zero_to_one": "x = pixel / 255",
+            "raw": "x = pixel",
+            "mean_std": "x = (pixel / 255 - mean[c]) / std[c]",
+        }[self.normalization]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def load_pixels(self, path: str | Path) -> np.ndarray:
+        """Decode one image file to uint8 `(height, width, channels)`, or raise `DataError` naming it."""
+        try:
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                image = _to_mode(image, "RGB" if self.channels == 3 else "L")
+                image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
+                            "remove or replace the file.") from None
+        return pixels.reshape(self.height, self.width, self.channels)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels -> float32 model input, per `normalization`."""
+        x = pixels.astype(np.float32)
+        if self.normalization == "minus_one_to_one":
+            return x / np.float32(127.5) - np.float32(1.0)
+        if self.normalization == "zero_to_one":
+            return x / np.float32(255.0)
+        if self.normalization == "raw":
+            return x
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        return (x / np.float32(255.0) - mean) / std
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """One image file -> float32 model input."""
+        return self.normalize(self.load_pixels(path))
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert any Pillow mode (palette, 16-bit, CMYK, RGBA, ...) to 8-bit RGB or L. Alpha is dropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image if image.mode == mode else image.convert(mode)
+
+
+def read_labels(path: str | Path) -> tuple[str, ...]:
+    """Class names, one per line, in output-index order. Blank lines are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise DataError(f"Cannot read labels file {str(path)!r}: {error.strerror}.") from None
+    names = tuple(line.strip() for line in lines if line.strip())
+    if not names:
+        raise DataError(f"Labels file {str(path)!r} is empty; expected one class name per line.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"Labels file {str(path)!r} repeats {duplicates}; class names must be unique.")
+    return names
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A classification split on disk: `root/<class name>/<image>`; labels index `class_names`."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: tuple[str, ...] = field(repr=False)
+    labels: tuple[int, ...] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @classmethod
+    def scan(cls, root: str | Path, class_names: Sequence[str] | None = None, *, check_images: bool = True
+             ) -> "ImageFolder":
+        """List a folder. Class order: `class_names` (e.g. from labels.txt) else sorted folder names.
+
+        Raises `DataError` for a missing or empty folder, a class folder with no images, a file that
+        is not an image, and (with `check_images`) a file Pillow cannot identify.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"Data folder {str(root)!r} does not exist; expected a folder with one "
+                            "sub-folder of images per class.")
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"Data folder {str(root)!r} has no class sub-folders; expected "
+                            f"{root}/<class name>/<images>.")
+        if class_names is None:
+            class_names = folders
+        else:
+            class_names = tuple(class_names)
+            missing = [name for name in class_names if name not in folders]
+            extra = [name for name in folders if name not in class_names]
+            if missing or extra:
+                raise DataError(f"Class folders in {str(root)!r} do not match the labels: "
+                                f"missing folders {missing}, folders not in the labels {extra}.")
+        files: list[str] = []
+        labels: list[int] = []
+        for index, name in enumerate(class_names):
+            entries = sorted(p for p in (root / name).iterdir() if not p.name.startswith("."))
+            not_images = [p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
+            if not_images:
+                raise DataError(f"{str(root / name)!r} holds files that are not images: {not_images[:5]}; "
+                                f"expected only {', '.join(IMAGE_SUFFIXES)} files. Move them out.")
+            images = [p for p in entries if p.is_file()]
+            if not images:
+                raise DataError(f"Class folder {str(root / name)!r} has no images; add images or remove the "
+                                "class (and its line in labels.txt).")
+            if check_images:
+                for path in images:
+                    _check_identifiable(path)
+            files.extend(str(p) for p in images)
+            labels.extend([index] * len(images))
+        return cls(root=root, class_names=tuple(class_names), files=tuple(files), labels=tuple(labels))
+
+    def subset(self, count: int, seed: int = 0) -> "ImageFolder":
+        """A deterministic random subset of `count` files (all of them when there are fewer)."""
+        if count >= len(self):
+            return self
+        order = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
+        return ImageFolder(self.root, self.class_names, tuple(self.files[i] for i in order),
+                           tuple(self.labels[i] for i in order))
+
+    def dataset(self, spec: PreprocessSpec, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                augment: bool = False):
+        """A `tf.data.Dataset` of `(float32 images [N, H, W, C], int32 labels [N])`, streamed from disk."""
+        import tensorflow as tf
+
+        def load(path: bytes) -> np.ndarray:
+            try:
+                return spec.load(path.decode())
+            except DataError as error:  # crosses tf.numpy_function as a string; see `data_errors`
+                raise ValueError(_DECODE_ERROR_TAG + str(error)) from None
+
+        def load_tensor(path, label):
+            image = tf.numpy_function(load, [path], tf.float32, stateful=False)
+            image.set_shape(spec.input_shape)
+            if augment:
+                image = tf.image.random_flip_left_right(image, seed=seed)
+            return image, label
+
+        ds = tf.data.Dataset.from_tensor_slices((list(self.files), np.asarray(self.labels, np.int32)))
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def batches(self, spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Numpy `(images, labels)` batches in file order; decoding errors raise `DataError`."""
+        with data_errors():
+            for images, labels in self.dataset(spec, batch_size):
+                yield images.numpy(), labels.numpy()
+
+
+def _check_identifiable(path: Path) -> None:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
+                        "remove or replace the file.") from None
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Re-raise a decoding failure inside tf.data (an OpError) as the `DataError` it started as."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as error:
+        message = error.message
+        if _DECODE_ERROR_TAG in message:
+            detail = message.split(_DECODE_ERROR_TAG, 1)[1].splitlines()[0]
+            raise DataError(detail.split("\n")[0]) from None
+        raise
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """The splits of a dataset root plus its class names (from labels.txt or the train folders)."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    train: ImageFolder | None
+    validation: ImageFolder
+    calibration: ImageFolder
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(split) for name in ("train", "validation", "calibration")
+                if (split := getattr(self, name)) is not None}
+
+
+def open_splits(root: str | Path, *, train: str = "train", validation: str = "validation",
+                calibration: str = "calibration", labels: str = "labels.txt", need_train: bool = True
+                ) -> DatasetSplits:
+    """Open `root/{train,validation,calibration}`. A root that is itself a class folder layout (no
+    split sub-folders) serves as both validation and calibration data (no training possible)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Data folder {str(root)!r} does not exist.")
+    labels_path = root / labels
+    class_names = read_labels(labels_path) if labels and labels_path.is_file() else None
+    has_splits = (root / validation).is_dir() or (root / calibration).is_dir()
+    if not has_splits:
+        if need_train:
+            raise DataError(f"Data folder {str(root)!r} has no `{train}/`, `{validation}/` and "
+                            f"`{calibration}/` splits; training needs them.")
+        folder = ImageFolder.scan(root, class_names)
+        return DatasetSplits(root, folder.class_names, None, folder, folder)
+    for name in (validation, calibration) + ((train,) if need_train else ()):
+        if not (root / name).is_dir():
+            raise DataError(f"Data folder {str(root)!r} lacks the `{name}/` split.")
+    if class_names is None:
+        first = root / (train if need_train else validation)
+        class_names = tuple(sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    train_folder = ImageFolder.scan(root / train, class_names) if need_train else None
+    return DatasetSplits(root, tuple(class_names), train_folder, ImageFolder.scan(root / validation, class_names),
+                         ImageFolder.scan(root / calibration, class_names))
+
+
+def bundled_data_root() -> Path:
+    """`representative_data/` of this repository (present in a source checkout)."""
+    root = Path(os.environ.get("TFLITE_PIPELINE_DATA", Path(__file__).resolve().parents[1] / "representative_data"))
+    if not (root / "train").is_dir():
+        raise DataError(f"The bundled dataset is not at {str(root)!r}; it ships with the source checkout. "
+                        "Pass your own with --data DIR (or set data.root in the recipe).")
+    return root

@@ -1,0 +1,68 @@
+"""The exception hierarchy. Every error the pipeline raises on purpose is a `PipelineError`.
+
+Each family has its own process exit code, so CI scripts can tell "your data is broken" from
+"the int8 model lost accuracy" without parsing messages. Messages say what was received and how
+to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PipelineError(Exception):
+    """Base class: a failure the user can act on. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class DependencyError(PipelineError):
+    """Installed packages do not fit together (TensorFlow / tf_keras / tfmot / LiteRT)."""
+
+    exit_code = 3
+
+
+class RecipeError(PipelineError):
+    """A recipe (TOML config) has an unknown key, a wrong type or an out-of-range value."""
+
+    exit_code = 4
+
+
+class DataError(PipelineError):
+    """An image folder, a labels file or an image in it cannot be used."""
+
+    exit_code = 5
+
+
+class ModelError(PipelineError):
+    """A Keras model cannot be built, loaded or used as an image classifier."""
+
+    exit_code = 6
+
+
+class ConversionError(PipelineError):
+    """The TFLite converter failed, or would leave ops in float in a full-integer model."""
+
+    exit_code = 7
+
+
+class TFLiteFileError(PipelineError):
+    """A file is not a readable TFLite flatbuffer."""
+
+    exit_code = 8
+
+
+class ParityError(PipelineError):
+    """A converted model missed the accuracy/agreement thresholds. Carries the full report."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class OutputError(PipelineError):
+    """The run folder exists already or cannot be written."""
+
+    exit_code = 10

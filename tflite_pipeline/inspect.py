@@ -1,0 +1,156 @@
+"""Reading a `.tflite` flatbuffer: I/O tensors and their quantization, ops and versions, float leftovers.
+
+Needs only LiteRT's flatbuffer schema and numpy (no TensorFlow import), so `tflite-pipeline inspect`
+answers in well under a second.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from .errors import TFLiteFileError
+
+_TENSOR_TYPES = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+_OP_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+_FLOAT_TYPES = {"float32", "float16", "float64"}
+_BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output tensor: shape (-1 = dynamic), dtype and affine quantization."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str
+    version: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TFLiteInfo:
+    """What `inspect_tflite` reads off a model file."""
+
+    size_bytes: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    ops: tuple[OpInfo, ...]
+    float_ops: tuple[str, ...]        # "CONV_2D #3 (output name)" for ops that compute in float
+    num_parameters: int               # elements of constant tensors (weights and biases)
+
+    @property
+    def is_full_integer(self) -> bool:
+        return not self.float_ops and all(t.dtype in ("int8", "uint8") for t in self.inputs + self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["is_full_integer"] = self.is_full_integer
+        return out
+
+    def format(self) -> str:
+        """Human-readable summary, as printed by `tflite-pipeline inspect`."""
+        def tensor_line(kind: str, t: TensorInfo) -> str:
+            quant = f"scale={t.scale:.6g} zero_point={t.zero_point}" if t.scale is not None else "not quantized"
+            return f"  {kind:<6} {t.name:<28} shape={list(t.shape)} {t.dtype:<7} {quant}"
+
+        lines = [f"size: {self.size_bytes:,} bytes, parameters: {self.num_parameters:,}",
+                 f"full-integer: {'yes' if self.is_full_integer else 'no'}"]
+        lines += [tensor_line("input", t) for t in self.inputs] + [tensor_line("output", t) for t in self.outputs]
+        lines.append("ops (name, version, count):")
+        lines += [f"  {op.name:<24} v{op.version:<3} x{op.count}" for op in self.ops]
+        if self.float_ops:
+            lines.append(f"ops computing in float: {len(self.float_ops)}")
+            lines += [f"  {name}" for name in self.float_ops[:20]]
+            if len(self.float_ops) > 20:
+                lines.append(f"  ... and {len(self.float_ops) - 20} more")
+        return "\n".join(lines)
+
+
+def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, "schema.ModelT"]:
+    """The bytes and parsed object tree of a `.tflite`, or `TFLiteFileError` saying what is wrong."""
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), "<bytes>"
+    else:
+        where = str(source)
+        try:
+            data = Path(source).read_bytes()
+        except OSError as error:
+            raise TFLiteFileError(f"Cannot read {where!r}: {error.strerror}.") from None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise TFLiteFileError(f"{where!r} is not a TFLite model (no 'TFL3' identifier in its header); expected a "
+                              ".tflite flatbuffer written by the TFLite converter.")
+    try:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    except Exception as error:  # noqa: BLE001 - flatbuffers raises struct/index errors on damaged files
+        raise TFLiteFileError(f"{where!r} has a TFLite header but cannot be parsed ({type(error).__name__}: "
+                              f"{error}); the file is probably truncated or damaged.") from None
+    if not model.subgraphs:
+        raise TFLiteFileError(f"{where!r} holds no subgraph; it is not a usable model.")
+    return data, model
+
+
+def _tensor_info(tensor: "schema.TensorT") -> TensorInfo:
+    quant = tensor.quantization
+    scale = zero_point = None
+    if quant is not None and quant.scale is not None and len(quant.scale) > 0:
+        scale, zero_point = float(quant.scale[0]), int(quant.zeroPoint[0])
+    shape = tensor.shapeSignature if tensor.shapeSignature is not None and len(tensor.shapeSignature) else tensor.shape
+    return TensorInfo(name=(tensor.name or b"").decode(errors="replace"),
+                      shape=tuple(int(d) for d in (shape if shape is not None else ())),
+                      dtype=_TENSOR_TYPES.get(tensor.type, str(tensor.type)), scale=scale, zero_point=zero_point)
+
+
+def op_name(code: "schema.OperatorCodeT") -> str:
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return f"CUSTOM:{(code.customCode or b'').decode(errors='replace')}"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def inspect_tflite(source: str | Path | bytes) -> TFLiteInfo:
+    """Read a `.tflite` file (or its bytes). Raises `TFLiteFileError` for anything that is not one."""
+    data, model = read_flatbuffer(source)
+    graph = model.subgraphs[0]
+    tensors = graph.tensors
+    names = [op_name(code) for code in model.operatorCodes]
+    counts: Counter[tuple[str, int]] = Counter()
+    float_ops: list[str] = []
+    graph_inputs = set(int(i) for i in graph.inputs)
+    graph_outputs = set(int(i) for i in graph.outputs)
+    for index, op in enumerate(graph.operators or ()):
+        name = names[op.opcodeIndex]
+        counts[(name, int(model.operatorCodes[op.opcodeIndex].version))] += 1
+        inputs = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+        outputs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
+        if name in _BOUNDARY_OPS and (set(inputs) <= graph_inputs or set(outputs) <= graph_outputs):
+            continue  # float I/O wrapped around an integer model
+        touched = [tensors[i] for i in inputs + outputs]
+        if any(_TENSOR_TYPES.get(t.type) in _FLOAT_TYPES for t in touched):
+            out_name = (tensors[outputs[0]].name or b"").decode(errors="replace") if outputs else ""
+            float_ops.append(f"{name} #{index} ({out_name})")
+    num_parameters = 0
+    for tensor in tensors:
+        buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers) else None
+        if buffer is not None and buffer.data is not None and len(buffer.data) and tensor.shape is not None:
+            num_parameters += int(np.prod(tensor.shape)) if len(tensor.shape) else 1
+    return TFLiteInfo(
+        size_bytes=len(data),
+        inputs=tuple(_tensor_info(tensors[i]) for i in graph.inputs),
+        outputs=tuple(_tensor_info(tensors[i]) for i in graph.outputs),
+        ops=tuple(OpInfo(name, version, count) for (name, version), count in sorted(counts.items())),
+        float_ops=tuple(float_ops),
+        num_parameters=num_parameters,
+    )

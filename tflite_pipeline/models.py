@@ -1,0 +1,155 @@
+"""Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
+
+Everything here is Keras 2 (`tf_keras`), which tfmot requires. A Keras 3 model is rejected with
+a message that says how to rebuild it, never half-converted.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import tf_keras as keras
+
+from .errors import ModelError
+
+MOBILENET_V2 = "mobilenet_v2"
+_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+_IMAGENET_SIZES = (96, 128, 160, 192, 224)
+
+
+def build_mobilenet_v2(num_classes: int, input_size: int | Sequence[int] = 64, *, alpha: float = 0.35,
+                       weights: str | None = None, dropout: float = 0.2, bn_momentum: float = 0.9,
+                       seed: int | None = None) -> keras.Model:
+    """A flat functional MobileNetV2 classifier (no nested sub-model, so tfmot can wrap every layer).
+
+    `weights`: None/"none" for random init, "imagenet" (downloaded once by Keras, then cached in
+    ~/.keras/models), or the path of a weights file for the headless backbone.
+    `bn_momentum` replaces Keras' 0.999, with which a model trained for a few epochs from scratch
+    keeps its initial moving statistics and scores at chance in inference mode.
+    Raises `ModelError` for an invalid combination or when ImageNet weights cannot be fetched.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if num_classes < 2:
+        raise ModelError(f"Received num_classes={num_classes}; a classifier needs at least 2 classes.")
+    weights = None if weights in (None, "", "none") else weights
+    if weights == "imagenet" and (alpha not in _IMAGENET_ALPHAS or height != width or height not in _IMAGENET_SIZES):
+        raise ModelError(f"Received alpha={alpha}, input {height}x{width} with weights='imagenet'; ImageNet "
+                         f"weights exist for alpha in {_IMAGENET_ALPHAS} and square inputs of {_IMAGENET_SIZES}.")
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ModelError(f"Received weights={weights!r}; expected 'none', 'imagenet' or an existing weights file.")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    try:
+        backbone = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False,
+                                                  weights=weights, pooling="avg")
+    except Exception as error:  # noqa: BLE001 - Keras raises bare Exceptions for download failures
+        if weights == "imagenet":
+            raise ModelError(f"Could not fetch the MobileNetV2 ImageNet weights ({error}). This machine may have "
+                             "no internet access: download them where you can (they are cached in "
+                             "~/.keras/models) and copy the file here, or pass weights='<path to .h5>'.") from None
+        raise ModelError(f"Could not build MobileNetV2 (alpha={alpha}, input {height}x{width}, weights={weights!r}): "
+                         f"{error}") from None
+    backbone = with_bn_momentum(backbone, bn_momentum)
+    x = keras.layers.Dropout(dropout, name="dropout")(backbone.output) if dropout else backbone.output
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(backbone.input, outputs, name=f"mobilenetv2_{alpha:g}_{height}")
+
+
+def with_bn_momentum(model: keras.Model, momentum: float) -> keras.Model:
+    """A copy of `model` whose BatchNormalization layers use `momentum`; weights are copied over."""
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["momentum"] = momentum
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """An independent copy (same architecture and weights), so stages never mutate their input."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _keras_version_in_archive(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None
+
+
+def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
+    """Load a Keras 2 model from `.keras`, `.h5` or a SavedModel folder, and check it is an image classifier.
+
+    `safe_mode=False` allows deserializing Lambda layers, which runs code from the file: only for files you trust.
+    Raises `ModelError` when the file is missing, was saved by Keras 3, or is not an image classifier.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"Model {str(path)!r} does not exist; expected a .keras or .h5 file or a SavedModel folder.")
+    if path.is_file() and path.suffix == ".keras":
+        version = _keras_version_in_archive(path)
+        if version and not version.startswith("2."):
+            raise ModelError(f"{str(path)!r} was saved by Keras {version}; tfmot needs Keras 2 (tf_keras). Rebuild "
+                             "the model with `import tf_keras as keras` (or TF_USE_LEGACY_KERAS=1) and save it again.")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise ModelError(f"Folder {str(path)!r} is not a SavedModel (no saved_model.pb).")
+    if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelError(f"Received {str(path)!r}; expected a .keras or .h5 file or a SavedModel folder.")
+    try:
+        kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
+        model = keras.models.load_model(path, compile=False, **kwargs)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable files
+        raise ModelError(f"Cannot load Keras model {str(path)!r}: {type(error).__name__}: {error}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{str(path)!r} is a plain TensorFlow SavedModel, not a Keras model; save it with "
+                         "tf_keras (`model.save(...)`) so it can be fine-tuned and verified.")
+    image_input_shape(model)
+    return model
+
+
+def ensure_tf_keras(model: object) -> keras.Model:
+    """Return `model` if it is a tf_keras (Keras 2) model; raise `ModelError` for Keras 3 or anything else."""
+    if isinstance(model, keras.Model):
+        return model
+    module = type(model).__module__
+    if module.startswith("keras"):
+        raise ModelError(f"Received a Keras 3 model ({module}.{type(model).__name__}); tfmot and this pipeline need "
+                         "Keras 2: build it with `import tf_keras as keras` (or set TF_USE_LEGACY_KERAS=1 before "
+                         "importing TensorFlow), or save it and load it with tflite_pipeline.load_model.")
+    raise ModelError(f"Received {type(model).__name__}; expected a tf_keras.Model.")
+
+
+def image_input_shape(model: object) -> tuple[int, int, int]:
+    """`(height, width, channels)` of a single-image-input, single-output classifier, or `ModelError`."""
+    model = ensure_tf_keras(model)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         "expected one image input and one class-score output.")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
+        raise ModelError(f"Model {model.name!r} takes input of shape {shape}; expected an image batch "
+                         "(None, height, width, 1 or 3) with a fixed height and width.")
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or not out_shape[1] or out_shape[1] < 2:
+        raise ModelError(f"Model {model.name!r} outputs shape {out_shape}; expected (None, num_classes).")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def num_classes(model: keras.Model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def check_labels(model: keras.Model, class_names: Sequence[str], source: str) -> None:
+    """Raise `ModelError` unless the model outputs one score per class name."""
+    if num_classes(model) != len(class_names):
+        raise ModelError(f"Model {model.name!r} outputs {num_classes(model)} classes but {source} lists "
+                         f"{len(class_names)}; use the labels.txt the model was trained with.")

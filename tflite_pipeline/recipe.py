@@ -1,0 +1,276 @@
+"""Recipes: every knob of a run in frozen, validated dataclasses, loaded from TOML by name or path.
+
+    recipe = load_recipe("default")                    # bundled: tflite_pipeline/recipes/default.toml
+    recipe = load_recipe("my_recipe.toml")             # a file of your own
+    recipe = recipe.with_overrides({"train.epochs": 2})
+
+Unknown keys and out-of-range values raise `RecipeError` naming the field, e.g.
+"Received `train.epochs=0`; expected an integer >= 1."
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from .errors import RecipeError
+
+BUNDLED_DATA = "<bundled>"
+NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
+IO_DTYPES = ("int8", "uint8")
+VARIANTS = ("float32", "int8")
+
+
+def _require(ok: bool, section: str, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise RecipeError(f"Received `{section}.{name}={value!r}`; expected {expected}.")
+
+
+class _Section:
+    """Mixin: `from_dict` that rejects unknown keys and coerces lists to tuples, and `to_dict`."""
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "_Section":
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"Received `{cls.section}` = {data!r}; expected a table of settings.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"Unknown key `{cls.section}.{unknown[0]}`; known keys in [{cls.section}]: "
+                              f"{', '.join(sorted(known))}.")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in data.items():
+            values[key] = _coerce(value, hints[key], f"{cls.section}.{key}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn TOML values into the declared type (lists -> tuples, ints -> floats), or raise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except RecipeError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"Received `{where}={value!r}`; expected a list.")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_coerce(item, item_type, where) for item in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or
+                                           (hint is int and isinstance(value, bool))):
+        raise RecipeError(f"Received `{where}={value!r}`; expected a {hint.__name__}.")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The float baseline: a MobileNetV2 built here, or a Keras model file of yours (`source = path`)."""
+
+    section: ClassVar[str] = "model"
+    source: str = "mobilenet_v2"
+    name: str = ""               # file stem of the outputs; default: "mobilenet_v2" or the model file's stem
+    alpha: float = 0.35          # MobileNetV2 width multiplier
+    input_size: int = 64         # square input resolution
+    weights: str = "none"        # "none" (random init), "imagenet" (needs network once) or a weights .h5 path
+    dropout: float = 0.2
+    bn_momentum: float = 0.9     # Keras' 0.999 leaves from-scratch models at chance in inference mode
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.alpha <= 1.4, self.section, "alpha", self.alpha, "a width multiplier in (0, 1.4]")
+        _require(self.input_size >= 32, self.section, "input_size", self.input_size, "an integer >= 32")
+        _require(0.0 <= self.dropout < 1.0, self.section, "dropout", self.dropout, "a value in [0, 1)")
+        _require(0.0 < self.bn_momentum < 1.0, self.section, "bn_momentum", self.bn_momentum,
+                 "a value in (0, 1); 0.9 suits short from-scratch training")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """An image-folder dataset: `root/<split>/<class>/*.png|jpg`, class order from `root/labels.txt`."""
+
+    section: ClassVar[str] = "data"
+    root: str = BUNDLED_DATA     # "<bundled>" is representative_data/ (Fashion-MNIST) in this repository
+    train: str = "train"
+    validation: str = "validation"
+    calibration: str = "calibration"
+    labels: str = "labels.txt"   # relative to root; when absent, classes are the sorted folder names
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(_Section):
+    """How pixels become model input. The input size comes from the model itself."""
+
+    section: ClassVar[str] = "preprocess"
+    normalization: str = "minus_one_to_one"
+    mean: tuple[float, ...] = ()   # per channel, on the [0, 1] scale (normalization = "mean_std")
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.normalization in NORMALIZATIONS, self.section, "normalization", self.normalization,
+                 f"one of {', '.join(NORMALIZATIONS)}")
+        if self.normalization == "mean_std":
+            _require(len(self.mean) in (1, 3) and len(self.std) == len(self.mean), self.section, "mean",
+                     self.mean, "1 or 3 values, with as many `std` values, for normalization = 'mean_std'")
+            _require(all(s > 0 for s in self.std), self.section, "std", self.std, "values > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Fine-tuning of the float baseline (Adam with cosine decay)."""
+
+    section: ClassVar[str] = "train"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    seed: int = 0
+    augment: bool = True         # random horizontal flips
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 0, self.section, "epochs", self.epochs, "an integer >= 0 (0 skips training)")
+        _require(self.batch_size >= 1, self.section, "batch_size", self.batch_size, "an integer >= 1")
+        _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate,
+                 "a value in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ConvertConfig(_Section):
+    """TFLite outputs. `int8` is strict full-integer: TFLITE_BUILTINS_INT8 only, per-channel weights."""
+
+    section: ClassVar[str] = "convert"
+    variants: tuple[str, ...] = VARIANTS
+    io_dtype: str = "int8"               # dtype of the int8 model's input and output tensors
+    calibration_samples: int = 300      # representative images drawn from the calibration split
+
+    def __post_init__(self) -> None:
+        _require(bool(self.variants) and set(self.variants) <= set(VARIANTS), self.section, "variants",
+                 self.variants, f"a non-empty list drawn from {list(VARIANTS)}")
+        _require(len(set(self.variants)) == len(self.variants), self.section, "variants", self.variants,
+                 "no repeated variant")
+        _require(self.io_dtype in IO_DTYPES, self.section, "io_dtype", self.io_dtype, f"one of {IO_DTYPES}")
+        _require(self.calibration_samples >= 1, self.section, "calibration_samples", self.calibration_samples,
+                 "an integer >= 1 (200 or more is advisable)")
+
+
+@dataclass(frozen=True)
+class VerifyConfig(_Section):
+    """The parity gate: every .tflite against the float Keras model on the validation split."""
+
+    section: ClassVar[str] = "verify"
+    max_top1_drop: float = 0.5     # percentage points of top-1 the .tflite may lose vs the Keras model
+    min_agreement: float = 0.98    # fraction of images where the .tflite's top-1 equals Keras' top-1
+    batch_size: int = 64
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.max_top1_drop <= 100.0, self.section, "max_top1_drop", self.max_top1_drop,
+                 "percentage points in [0, 100]")
+        _require(0.0 <= self.min_agreement <= 1.0, self.section, "min_agreement", self.min_agreement,
+                 "a fraction in [0, 1]")
+        _require(self.batch_size >= 1, self.section, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.num_threads >= 1, self.section, "num_threads", self.num_threads, "an integer >= 1")
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, ConvertConfig, VerifyConfig)
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole run's configuration. Build with `load_recipe` or `Recipe.from_dict`."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "Recipe":
+        top_level = {"name", "description"}
+        unknown = sorted(set(data) - set(_SECTIONS) - top_level)
+        if unknown:
+            raise RecipeError(f"Unknown section `[{unknown[0]}]` in recipe {name!r}; known sections: "
+                              f"{', '.join(sorted(_SECTIONS))}.")
+        sections = {key: _SECTIONS[key].from_dict(data[key]) for key in _SECTIONS if key in data}
+        return cls(name=str(data.get("name", name)), description=str(data.get("description", "")), **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        out.update({key: getattr(self, key).to_dict() for key in _SECTIONS})
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
+        """A copy with dotted keys replaced, e.g. `{"train.epochs": 1, "model.alpha": 0.5}`."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in _SECTIONS or not key:
+                raise RecipeError(f"Received override `{dotted}`; expected `section.key` with section one of "
+                                  f"{', '.join(sorted(_SECTIONS))}.")
+            data[section][key] = value
+        return Recipe.from_dict(data, name=self.name)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a CLI `--set section.key=value`; the value is read as TOML, else taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"Received `--set {text}`; expected `section.key=value`, e.g. `train.epochs=2`.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package."""
+    folder = resources.files(__package__) / "recipes"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a bundled recipe by name (`"default"`) or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"Recipe file {str(path)!r} does not exist.")
+        text, name = path.read_text(encoding="utf-8"), path.stem
+    else:
+        resource = resources.files(__package__) / "recipes" / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise RecipeError(f"Unknown recipe {str(name_or_path)!r}; bundled recipes: "
+                              f"{', '.join(bundled_recipes())}, or pass a path to a .toml file.")
+        text, name = resource.read_text(encoding="utf-8"), str(name_or_path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"Recipe {str(name_or_path)!r} is not valid TOML: {error}.") from None
+    return Recipe.from_dict(data, name=name)

@@ -1,0 +1,127 @@
+"""Atomic outputs: files are written to a temporary name and renamed into place; a run folder is
+built under a hidden staging name and renamed into `models/<run-name>` only when complete.
+
+An interrupted run therefore leaves either nothing or a finished folder, never a half-written
+`.tflite` or report. An existing run folder is never replaced unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import OutputError
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder, fsync and rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"Cannot write into {str(path.parent)!r}: {error.strerror}.") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise OutputError(f"Cannot write {str(path)!r}: {error.strerror}.") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def check_run_name(name: str) -> str:
+    """Return `name` if it is a safe folder name (letters, digits, `.`, `_`, `-`), else raise `OutputError`."""
+    if not _RUN_NAME.match(name) or ".." in name:
+        raise OutputError(f"Received run name {name!r}; use letters, digits, '.', '_' and '-' only "
+                          "(it must start with a letter or digit), e.g. 'fashion-int8'.")
+    return name
+
+
+class RunFolder:
+    """Context manager that stages a run folder and publishes it atomically on success.
+
+        with RunFolder(Path("models/demo")) as folder:
+            folder.write_bytes("model_int8.tflite", data)
+    """
+
+    def __init__(self, final: str | Path, *, overwrite: bool = False) -> None:
+        self.final = Path(final)
+        check_run_name(self.final.name)
+        self.overwrite = overwrite
+        self.staging: Path | None = None
+
+    def check_available(self) -> None:
+        """Raise `OutputError` now (before any long work) if the folder exists and may not be replaced."""
+        if self.final.exists() and not self.overwrite:
+            raise OutputError(f"Run folder {str(self.final)!r} exists already; choose another --run-name or pass "
+                              "--overwrite to replace it.")
+
+    def __enter__(self) -> "RunFolder":
+        self.check_available()
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
+        except OSError as error:
+            raise OutputError(f"Cannot create a run folder in {str(self.final.parent)!r}: {error.strerror}.") from None
+        return self
+
+    def path(self, name: str) -> Path:
+        assert self.staging is not None, "use RunFolder as a context manager"
+        target = (self.staging / name).resolve()
+        if self.staging.resolve() not in target.parents:
+            raise OutputError(f"Received output name {name!r}; it would leave the run folder.")
+        return target
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.path(name), data)
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.path(name), text)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return atomic_write_json(self.path(name), data)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        assert self.staging is not None
+        if kind is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        old = None
+        try:
+            if self.final.exists():
+                self.check_available()
+                old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+                os.replace(self.final, old)
+            os.replace(self.staging, self.final)
+        except OSError as error:
+            if old is not None and not self.final.exists():
+                os.replace(old, self.final)  # put the previous run back: nothing is lost
+                old = None
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise OutputError(f"Cannot publish run folder {str(self.final)!r}: {error.strerror}.") from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
