@@ -30,7 +30,7 @@ CLASS_NAMES = (
     "tshirt_top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle_boot",
 )
-TRAIN_PER_CLASS = 600
+TRAIN_PER_CLASS = 1200
 CALIBRATION_PER_CLASS = 50
 VALIDATION_PER_CLASS = 200
 

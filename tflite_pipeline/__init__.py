@@ -24,10 +24,10 @@ _LAZY = {
     "PreprocessSpec": "data", "ImageFolder": "data", "open_splits": "data", "read_labels": "data",
     "build_mobilenet_v2": "models", "load_model": "models",
     "train_classifier": "train",
-    "convert": "convert", "convert_float32": "convert", "convert_int8": "convert",
+    "convert_variant": "convert", "convert_float32": "convert", "convert_int8": "convert",
     "representative_dataset": "convert",
     "inspect_tflite": "inspect", "TFLiteInfo": "inspect",
-    "LiteRTClassifier": "verify", "ParityReport": "verify", "verify": "verify",
+    "LiteRTClassifier": "verify", "ParityReport": "verify", "measure_parity": "verify",
     "RunReport": "report",
     "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
 }

@@ -61,8 +61,9 @@ def _run(converter: tf.lite.TFLiteConverter, what: str) -> bytes:
         text = str(error)
         ops = sorted(set(re.findall(r"'tfl?\.(\w+)'", text)) | set(re.findall(r"op: (\w+)", text)))
         named = f" (ops involved: {', '.join(ops)})" if ops else ""
-        first_lines = " ".join(text.strip().splitlines()[:3])
-        raise ConversionError(f"{what} conversion failed{named}: {first_lines}") from None
+        errors = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
+        detail = errors[0] if errors else " ".join(text.strip().splitlines()[:2])
+        raise ConversionError(f"{what} conversion failed{named}: {detail}") from None
 
 
 def convert_float32(model: keras.Model) -> bytes:
@@ -86,12 +87,14 @@ def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, i
     flatbuffer = _run(converter, "full-integer int8")
     leftovers = inspect_tflite(flatbuffer).float_ops
     if leftovers:
-        raise ConversionError(f"Full-integer conversion left ops in float: {', '.join(leftovers)}. Replace these "
-                              "layers with int8-capable ones, or remove them from the exported model.")
+        computing = [op for op in leftovers if not op.startswith(("QUANTIZE ", "DEQUANTIZE "))] or list(leftovers)
+        raise ConversionError(f"Full-integer conversion would leave ops in float: {', '.join(computing)}. These ops "
+                              "have no int8 kernel in TFLite; replace the layers that produce them with int8-capable "
+                              "ones (or remove them from the exported model).")
     return flatbuffer
 
 
-def convert(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
+def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
             io_dtype: str = "int8") -> bytes:
     """Dispatch on the variant name (`float32` or `int8`)."""
     if variant == "float32":

@@ -68,7 +68,8 @@ class PreprocessSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
 
     @classmethod
-    def load(cls, path: str | Path) -> "PreprocessSpec":
+    def read_json(cls, path: str | Path) -> "PreprocessSpec":
+        """Read a `preprocessing.json` written by a run."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as error:

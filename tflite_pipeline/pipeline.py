@@ -17,16 +17,16 @@ from typing import Callable, Mapping
 import tf_keras as keras
 
 from . import env
-from .convert import convert, representative_dataset
+from .convert import convert_variant, representative_dataset
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
 from .errors import DataError, ModelError, OutputError
 from .inspect import inspect_tflite
 from .models import MOBILENET_V2, build_mobilenet_v2, check_labels, image_input_shape, load_model
-from .recipe import BUNDLED_DATA, Recipe, VerifyConfig
+from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport
 from .runfolder import RunFolder, check_run_name
 from .train import train_classifier
-from .verify import ParityReport, verify
+from .verify import ParityReport, measure_parity
 
 Log = Callable[[str], None]
 KERAS_FILE_SUFFIX = "_float.keras"
@@ -132,7 +132,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         for variant in recipe.convert.variants:
             log(f"[convert] {variant}" + (f" ({representative.num_samples} calibration images)"
                                           if variant == "int8" else ""))
-            data = convert(model, variant, representative=representative, io_dtype=recipe.convert.io_dtype)
+            data = convert_variant(model, variant, representative=representative, io_dtype=recipe.convert.io_dtype)
             file = f"{name}_{variant}.tflite"
             folder.write_bytes(file, data)
             flatbuffers[variant] = data
@@ -141,7 +141,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
 
         t0 = time.perf_counter()
         log(f"[verify] {', '.join(flatbuffers)} vs float Keras on {len(splits.validation)} validation images")
-        parity = verify(model, flatbuffers, splits.validation, spec, recipe.verify, log=log)
+        parity = measure_parity(model, flatbuffers, splits.validation, spec, recipe.verify, log=log)
         seconds["verify"] = round(time.perf_counter() - t0, 2)
         chance = 1.0 / len(splits.class_names)
         if parity.keras_top1 < 1.5 * chance:
@@ -178,21 +178,21 @@ def open_run_folder(run_dir: str | Path) -> dict[str, Path]:
 
 
 def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path], data_dir: str | Path, *,
-                 preprocessing: PreprocessSpec | None = None, normalization: str = "minus_one_to_one",
+                 preprocessing: PreprocessSpec | None = None, preprocess: PreprocessConfig = PreprocessConfig(),
                  labels: str | Path | None = None, config: VerifyConfig = VerifyConfig(), log: Log = _stderr
                  ) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
     it has one). Returns the report; call `.check()` to gate."""
     model = load_model(keras_path)
     shape = image_input_shape(model)
-    spec = preprocessing or PreprocessSpec(*shape, normalization=normalization)
+    spec = preprocessing or PreprocessSpec.from_config(preprocess, shape)
     if spec.input_shape != shape:
         raise ModelError(f"The preprocessing spec gives input {spec.input_shape} but the model takes {shape}.")
     class_names = read_labels(labels) if labels is not None else None
     root = Path(data_dir)
     folder = ImageFolder.scan(root / "validation", class_names) if (root / "validation").is_dir() else \
         ImageFolder.scan(root, class_names)
-    return verify(model, tflite_paths, folder, spec, config, log=log)
+    return measure_parity(model, tflite_paths, folder, spec, config, log=log)
 
 
 def recorded_validation_dir(report_path: Path) -> Path:

@@ -149,7 +149,7 @@ class ParityReport:
         return self
 
 
-def verify(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder, spec: PreprocessSpec,
+def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder, spec: PreprocessSpec,
            config: VerifyConfig = VerifyConfig(), *, log: Callable[[str], None] = print) -> ParityReport:
     """Run the Keras model and every `.tflite` over `folder` in one pass and compare top-1/top-5.
 

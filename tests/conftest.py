@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny real dataset (cut from representative_data/) and one tiny seeded run.
+
+The tiny model is MobileNetV2 alpha 0.35 at 32x32 with `weights=None`. Conversion is the slow
+part (~10-20 s each), so the run is made once per session and tests read its folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tflite_pipeline as tp
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "representative_data"
+PER_CLASS = {"train": 30, "validation": 5, "calibration": 3}
+
+
+def copy_tiny_dataset(target: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
+    """The first N images per class of each bundled split, plus labels.txt."""
+    labels = (BUNDLED / "labels.txt").read_text().split()
+    for split, count in per_class.items():
+        for name in labels:
+            (target / split / name).mkdir(parents=True)
+            for image in sorted((BUNDLED / split / name).glob("*.png"))[:count]:
+                shutil.copy(image, target / split / name / image.name)
+    shutil.copy(BUNDLED / "labels.txt", target / "labels.txt")
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return copy_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def tiny_overrides(data: Path) -> dict:
+    return {"model.input_size": 32, "model.alpha": 0.35, "data.root": str(data), "train.epochs": 2,
+            "train.batch_size": 16, "convert.calibration_samples": 30,
+            # a 2-epoch model on 300 images is weak,, so its int8 agreement is not what these tests check
+            "verify.max_top1_drop": 100.0, "verify.min_agreement": 0.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tiny_data) -> "tp.Recipe":
+    return tp.load_recipe("default").with_overrides(tiny_overrides(tiny_data))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_recipe, tmp_path_factory) -> "tp.RunResult":
+    """One full run (train 2 epochs -> float32 + int8 -> LiteRT parity) shared by the session."""
+    return tp.run(tiny_recipe, output_dir=tmp_path_factory.mktemp("runs"), run_name="tiny", log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    return tp.load_model(tiny_run.run_dir / "mobilenet_v2_float.keras")

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tflite_pipeline as tp
+from tflite_pipeline.models import image_input_shape
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return tp.build_mobilenet_v2(10, 32, alpha=0.35, seed=0)
+
+
+def test_builder_is_flat_with_the_requested_momentum(small_model):
+    assert not any(isinstance(layer, keras.Model) for layer in small_model.layers)
+    momenta = {l.momentum for l in small_model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    assert image_input_shape(small_model) == (32, 32, 3) and small_model.output_shape == (None, 10)
+
+
+def test_builder_is_seeded(small_model):
+    again = tp.build_mobilenet_v2(10, 32, alpha=0.35, seed=0)
+    np.testing.assert_array_equal(small_model.get_weights()[0], again.get_weights()[0])
+
+
+def test_local_weights_file_is_the_offline_path(tmp_path, small_model):
+    backbone = keras.Model(small_model.input, small_model.get_layer("global_average_pooling2d").output)
+    path = tmp_path / "backbone.h5"
+    backbone.save_weights(path)
+    rebuilt = tp.build_mobilenet_v2(10, 32, alpha=0.35, weights=str(path))
+    np.testing.assert_array_equal(rebuilt.get_layer("Conv1").get_weights()[0],
+                                  small_model.get_layer("Conv1").get_weights()[0])
+
+
+def test_imagenet_weights_unreachable_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr("tf_keras.src.applications.mobilenet_v2.data_utils.get_file", offline)
+    with pytest.raises(tp.ModelError, match=r"Could not fetch the MobileNetV2 ImageNet weights.*weights='<path"):
+        tp.build_mobilenet_v2(10, 96, alpha=0.35, weights="imagenet")
+
+
+def test_imagenet_weights_need_a_supported_size():
+    with pytest.raises(tp.ModelError, match=r"ImageNet weights exist for"):
+        tp.build_mobilenet_v2(10, 64, weights="imagenet")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
+def test_user_models_load_from_keras_h5_and_savedmodel(tmp_path, small_model, suffix):
+    path = tmp_path / f"model{suffix}"
+    small_model.save(path) if suffix else small_model.save(path, save_format="tf")
+    loaded = tp.load_model(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x, training=False), small_model(x, training=False), atol=1e-5)
+
+
+def test_keras3_model_object_is_rejected():
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((8, 8, 3)), keras3.layers.Flatten(), keras3.layers.Dense(2)])
+    with pytest.raises(tp.ModelError, match=r"Keras 3 model .*tf_keras"):
+        image_input_shape(model)
+
+
+def test_keras3_file_is_rejected(tmp_path):
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((8, 8, 3)), keras3.layers.Flatten(), keras3.layers.Dense(2)])
+    model.save(tmp_path / "k3.keras")
+    with pytest.raises(tp.ModelError, match=r"saved by Keras 3"):
+        tp.load_model(tmp_path / "k3.keras")
+
+
+def test_model_whose_input_is_not_an_image_is_rejected(tmp_path):
+    inputs = keras.Input((20,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    model.save(tmp_path / "tabular.keras")
+    with pytest.raises(tp.ModelError, match=r"expected an image batch"):
+        tp.load_model(tmp_path / "tabular.keras")
+
+
+def test_missing_and_unknown_model_files(tmp_path):
+    with pytest.raises(tp.ModelError, match="does not exist"):
+        tp.load_model(tmp_path / "none.keras")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(tp.ModelError, match=r"expected a .keras or .h5 file"):
+        tp.load_model(tmp_path / "model.onnx")

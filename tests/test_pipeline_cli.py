@@ -1,0 +1,127 @@
+"""The run folder and the CLI, in process (`main(argv) -> exit code`)."""
+
+import json
+import os
+
+import pytest
+
+import tflite_pipeline as tp
+from tflite_pipeline.cli import main
+from tflite_pipeline.runfolder import atomic_write_bytes
+
+EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_float.keras",
+                  "labels.txt", "preprocessing.json", "report.json", "report.md"}
+
+
+def test_run_folder_holds_every_artifact(tiny_run):
+    assert {p.name for p in tiny_run.run_dir.iterdir()} == EXPECTED_FILES
+    assert (tiny_run.run_dir / "labels.txt").read_text().split()[0] == "tshirt_top"
+    assert not [p for p in tiny_run.run_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_preprocessing_json_is_what_the_app_needs(tiny_run):
+    spec = json.loads((tiny_run.run_dir / "preprocessing.json").read_text())
+    assert spec["height"] == spec["width"] == 32 and spec["channels"] == 3
+    assert spec["normalization"] == "minus_one_to_one" and spec["formula"] == "x = pixel / 127.5 - 1"
+    assert spec["channel_order"] == "RGB" and spec["layout"] == "NHWC"
+
+
+def test_report_json_and_markdown_agree(tiny_run):
+    report = json.loads((tiny_run.run_dir / "report.json").read_text())
+    assert report["passed"] is True and report["data"]["train"] == 300
+    assert {a["variant"] for a in report["artifacts"]} == {"float32", "int8"}
+    int8 = next(a for a in report["artifacts"] if a["variant"] == "int8")
+    assert int8["info"]["is_full_integer"] and 0 < int8["gzip_bytes"] < int8["size_bytes"]
+    assert report["versions"]["tensorflow"].startswith("2.21") and report["recipe"]["train"]["epochs"] == 1
+    markdown = (tiny_run.run_dir / "report.md").read_text()
+    assert "| int8 .tflite |" in markdown and "parity gate PASSED" in markdown
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_recipe, tiny_run):
+    before = (tiny_run.run_dir / "report.json").read_bytes()
+    with pytest.raises(tp.OutputError, match=r"exists already; choose another --run-name or pass --overwrite"):
+        tp.run(tiny_recipe, output_dir=tiny_run.run_dir.parent, run_name="tiny", log=lambda _: None)
+    assert (tiny_run.run_dir / "report.json").read_bytes() == before
+
+
+def test_failed_run_leaves_nothing_behind(tiny_recipe, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise tp.ConversionError("simulated converter crash")
+    monkeypatch.setattr("tflite_pipeline.pipeline.convert_variant", broken)
+    with pytest.raises(tp.ConversionError, match="simulated"):
+        tp.run(tiny_recipe.with_overrides({"train.epochs": 0}), output_dir=tmp_path, run_name="broken",
+               log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = atomic_write_bytes(tmp_path / "m.tflite", b"old")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new and longer")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "x" * 200])
+def test_unsafe_run_names_are_rejected(tmp_path, name):
+    with pytest.raises(tp.OutputError, match="run name"):
+        tp.run(tp.Recipe(), output_dir=tmp_path, run_name=name, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_inspect_prints_io_and_ops(tiny_run, capsys):
+    assert main(["inspect", str(tiny_run.tflite_path("int8"))]) == 0
+    out = capsys.readouterr().out
+    assert "full-integer: yes" in out and "input" in out and "CONV_2D" in out and "scale=" in out
+    assert main(["inspect", "--json", str(tiny_run.tflite_path("int8"))]) == 0
+    assert json.loads(capsys.readouterr().out)["is_full_integer"] is True
+
+
+def test_cli_inspect_of_a_non_tflite_file_exits_with_its_code(tmp_path, capsys):
+    (tmp_path / "x.tflite").write_text("hello")
+    assert main(["inspect", str(tmp_path / "x.tflite")]) == tp.TFLiteFileError.exit_code
+    assert "not a TFLite model" in capsys.readouterr().err
+
+
+def test_cli_verify_a_run_folder_is_a_ci_gate(tiny_run, capsys, tmp_path):
+    assert main(["verify", str(tiny_run.run_dir), "--max-top1-drop", "100", "--min-agreement", "0",
+                 "--json", str(tmp_path / "parity.json")]) == 0
+    assert "| mobilenet_v2_float32 .tflite |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "parity.json").read_text())["num_images"] == 50
+    # the float32 model must agree on every image: a 100% gate passes for it alone
+    float_only = str(tiny_run.tflite_path("float32"))
+    assert main(["verify", float_only, "--keras", str(tiny_run.run_dir / "mobilenet_v2_float.keras"),
+                 "--data", str(tiny_run.report.parity.data), "--min-agreement", "1.0", "--max-top1-drop", "0",
+                 "--preprocessing", str(tiny_run.run_dir / "preprocessing.json")]) == 0
+
+
+def test_cli_convert_users_model_with_uint8_io(tiny_run, tiny_data, tmp_path, capsys):
+    model = tiny_run.run_dir / "mobilenet_v2_float.keras"
+    user_model = tmp_path / "my classifier.keras"
+    user_model.write_bytes(model.read_bytes())
+    code = main(["convert", str(user_model), "--data", str(tiny_data), "--variants", "int8",
+                 "--io-dtype", "uint8", "--calibration-samples", "20", "--max-top1-drop", "100",
+                 "--min-agreement", "0", "--output-dir", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    run_dir = tmp_path / "out" / "my_classifier"
+    info = tp.inspect_tflite(run_dir / "my_classifier_int8.tflite")
+    assert info.inputs[0].dtype == "uint8" and info.is_full_integer
+    assert (run_dir / "labels.txt").read_text().split() == (tiny_data / "labels.txt").read_text().split()
+
+
+def test_cli_bad_input_exit_codes(tmp_path, tiny_data, capsys):
+    assert main(["convert", str(tmp_path / "none.keras"), "--data", str(tiny_data)]) == tp.ModelError.exit_code
+    assert main(["run", "--recipe", "nope"]) == tp.RecipeError.exit_code
+    assert main(["run", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == \
+        tp.DataError.exit_code
+    err = capsys.readouterr().err
+    assert "error (ModelError)" in err and "error (RecipeError)" in err and "error (DataError)" in err
+    assert not (tmp_path / "default").exists()
+    with pytest.raises(SystemExit) as usage:
+        main(["convert"])
+    assert usage.value.code == 2
+
+
+def test_cli_recipes_lists_default(capsys):
+    assert main(["recipes"]) == 0
+    assert "default" in capsys.readouterr().out

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tflite_pipeline as tp
+from tflite_pipeline.recipe import VerifyConfig
+from tflite_pipeline.verify import LiteRTClassifier, dequantize, quantize
+
+
+def test_quantize_uses_scale_zero_point_and_saturates():
+    x = np.array([-3.0, -1.0, 0.0, 1 / 128, 3 / 128, 1.0, 3.0], np.float32)  # exact in binary
+    # round half to even (0.5 -> 0, 1.5 -> 2), then add the zero point, then saturate
+    np.testing.assert_array_equal(quantize(x, 1 / 64, -1, np.int8), [-128, -65, -1, -1, 1, 63, 127])
+    np.testing.assert_array_equal(quantize(x, 1 / 64, 128, np.uint8), [0, 64, 128, 128, 130, 192, 255])
+    np.testing.assert_allclose(dequantize(np.array([-128, 127], np.int8), 1 / 256, -128), [0.0, 255 / 256])
+
+
+def test_float32_tflite_agrees_with_keras_on_every_image(tiny_run):
+    row = tiny_run.report.parity.row("float32")
+    assert row.agreement == 1.0 and abs(row.top1_drop) < 1e-9
+
+
+def test_litert_scores_match_keras_closely(tiny_run, tiny_model, tiny_data):
+    spec = tp.PreprocessSpec(32, 32)
+    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 16))
+    keras_scores = np.asarray(tiny_model(images, training=False))
+    float_scores = LiteRTClassifier(tiny_run.tflite_path("float32")).predict(images)
+    int8_scores = LiteRTClassifier(tiny_run.tflite_path("int8")).predict(images)
+    np.testing.assert_allclose(float_scores, keras_scores, atol=1e-4)
+    assert np.abs(int8_scores - keras_scores).max() < 0.1  # dequantized probabilities, not raw int8
+
+
+def test_batched_and_one_by_one_inference_agree(tiny_run, tiny_data):
+    spec = tp.PreprocessSpec(32, 32)
+    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 7))
+    batched = LiteRTClassifier(tiny_run.tflite_path("int8"), batch_size=7).predict(images)
+    single = np.concatenate([LiteRTClassifier(tiny_run.tflite_path("int8"), batch_size=1).predict(images[i:i + 1])
+                             for i in range(len(images))])
+    np.testing.assert_array_equal(batched, single)
+
+
+def test_report_counts_every_validation_image(tiny_run):
+    parity = tiny_run.report.parity
+    assert parity.num_images == 50 and {r.variant for r in parity.rows} == {"float32", "int8"}
+    assert 0.0 <= parity.keras_top1 <= parity.keras_top5 <= 1.0
+
+
+def test_gate_failure_raises_parity_error_carrying_the_report(tiny_run, tiny_model, tiny_data):
+    # The gate is real: an impossible agreement target fails the int8 model, and the error
+    # carries the full report so CI can print or store it.
+    folder = tp.ImageFolder.scan(tiny_data / "validation")
+    strict = VerifyConfig(max_top1_drop=0.0, min_agreement=1.0)
+    report = tp.measure_parity(tiny_model, {"int8": tiny_run.tflite_path("int8"),
+                                    "float32": tiny_run.tflite_path("float32")},
+                       folder, tp.PreprocessSpec(32, 32), strict, log=lambda _: None)
+    if report.row("int8").agreement == 1.0:
+        pytest.skip("this tiny int8 model happens to agree on every image")
+    assert report.row("float32").passed and not report.row("int8").passed
+    with pytest.raises(tp.ParityError, match=r"int8: .*agreement") as caught:
+        report.check()
+    assert caught.value.report is report
+    json.dumps(report.to_dict())
+
+
+def test_wrong_model_fails_the_gate(tiny_model, tiny_data, tmp_path):
+    # A .tflite of a different (untrained) model must not pass against the trained Keras model.
+    other = tp.build_mobilenet_v2(10, 32, alpha=0.35, seed=123)
+    folder = tp.ImageFolder.scan(tiny_data / "validation")
+    report = tp.measure_parity(tiny_model, {"other": tp.convert_float32(other)}, folder, tp.PreprocessSpec(32, 32),
+                       VerifyConfig(), log=lambda _: None)
+    assert not report.passed and report.row("other").agreement < 0.98
+
+
+def test_labels_that_do_not_match_the_model_output(tiny_model, tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / name / "0.png")
+    folder = tp.ImageFolder.scan(tmp_path)
+    with pytest.raises(tp.ModelError, match=r"outputs 10 classes but the data folder .* lists 3"):
+        tp.measure_parity(tiny_model, {}, folder, tp.PreprocessSpec(32, 32))

@@ -1,0 +1,207 @@
+"""`tflite-pipeline`: a thin CLI over the Python API. `main(argv) -> exit code`, in process.
+
+Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 dependencies,
+4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import PipelineError
+from .recipe import NORMALIZATIONS, VARIANTS, load_recipe, parse_override
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-name", help="run folder name (default: the recipe's name, or the model file's stem)")
+    p.add_argument("--output-dir", default="models", help="parent of the run folder (default: models)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder of that name")
+
+
+def _add_gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-top1-drop", type=float, help="max top-1 loss vs Keras, percentage points (default 0.5)")
+    p.add_argument("--min-agreement", type=float, help="min fraction of same top-1 as Keras (default 0.98)")
+
+
+def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--normalization", choices=NORMALIZATIONS,
+                   help="model input range: minus_one_to_one (MobileNetV2), zero_to_one, raw (0-255, the model "
+                        "normalizes itself) or mean_std (with --mean/--std on the [0, 1] scale)")
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel means for mean_std")
+    p.add_argument("--std", type=float, nargs="+", help="per-channel stds for mean_std")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tflite-pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("run", help="train/convert/verify per a recipe; writes models/<run-name>/")
+    p.add_argument("--recipe", default="default", help="bundled recipe name or path to a .toml (default: default)")
+    p.add_argument("--data", help="dataset root with train/ validation/ calibration/ (overrides data.root)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
+    _add_output_options(p)
+
+    p = commands.add_parser("convert", help="convert your Keras model to float32 + int8 .tflite and verify them")
+    p.add_argument("model", help=".keras / .h5 file or SavedModel folder (Keras 2 / tf_keras)")
+    p.add_argument("--data", required=True,
+                   help="image folder: either DIR/<class>/* or DIR/{validation,calibration}/<class>/*; "
+                        "DIR/labels.txt gives the class order (else sorted folder names)")
+    p.add_argument("--labels", help="labels.txt giving the class order (default: DIR/labels.txt, else sorted "
+                                    "folder names, which must then match the model's training order)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from float32,int8")
+    p.add_argument("--io-dtype", choices=("int8", "uint8"), default="int8", help="int8 model input/output dtype")
+    p.add_argument("--calibration-samples", type=int, default=300, help="representative images (default 300)")
+    _add_preprocess_options(p)
+    _add_gate_options(p)
+    _add_output_options(p)
+
+    p = commands.add_parser("verify", help="check .tflite files against a Keras model in LiteRT (CI gate)")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_TFLITE",
+                   help="a run folder (uses its models, labels and preprocessing) or .tflite files")
+    p.add_argument("--keras", help="the float Keras model (taken from the run folder when omitted)")
+    p.add_argument("--data", help="image folder (DIR/<class>/* or DIR/validation/<class>/*); default: the "
+                                  "validation folder recorded in the run folder's report")
+    p.add_argument("--labels", help="labels.txt giving the class order")
+    p.add_argument("--preprocessing", help="preprocessing.json written by a run")
+    p.add_argument("--json", dest="json_out", help="also write the parity report to this JSON file")
+    _add_preprocess_options(p)
+    _add_gate_options(p)
+
+    p = commands.add_parser("inspect", help="show a .tflite's I/O, quantization, ops and float leftovers")
+    p.add_argument("file", help="a .tflite file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    commands.add_parser("recipes", help="list the bundled recipes")
+    return parser
+
+
+def _gate_overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if args.max_top1_drop is not None:
+        out["verify.max_top1_drop"] = args.max_top1_drop
+    if args.min_agreement is not None:
+        out["verify.min_agreement"] = args.min_agreement
+    return out
+
+
+def _preprocess_overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if args.normalization:
+        out["preprocess.normalization"] = args.normalization
+    if args.mean:
+        out["preprocess.mean"] = args.mean
+    if args.std:
+        out["preprocess.std"] = args.std
+    return out
+
+
+def _finish_run(result) -> int:
+    print(result.report.parity.format_table())
+    print(f"\nrun folder: {result.run_dir}")
+    result.report.parity.check()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    recipe = load_recipe(args.recipe)
+    overrides = dict(parse_override(item) for item in args.overrides)
+    if args.data:
+        overrides["data.root"] = args.data
+    recipe = recipe.with_overrides(overrides)
+    return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite))
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .pipeline import model_name, run
+
+    overrides: dict[str, object] = {
+        "model.source": args.model, "data.root": args.data, "train.epochs": 0,
+        "convert.variants": [v.strip() for v in args.variants.split(",") if v.strip()],
+        "convert.io_dtype": args.io_dtype, "convert.calibration_samples": args.calibration_samples,
+        **_preprocess_overrides(args), **_gate_overrides(args)}
+    if args.labels:
+        overrides["data.labels"] = str(Path(args.labels).resolve())
+    recipe = load_recipe("default").with_overrides(overrides)
+    recipe = recipe.with_overrides({"model.name": model_name(recipe)})
+    return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name or recipe.model.name,
+                           overwrite=args.overwrite))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .data import PreprocessSpec
+    from .pipeline import open_run_folder, recorded_validation_dir, verify_files
+    from .runfolder import atomic_write_json
+
+    tflites: dict[str, Path] = {}
+    keras, labels, spec, data = args.keras, args.labels, None, args.data
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = open_run_folder(path)
+            keras = keras or files["keras"]
+            labels = labels or (files["labels"] if files["labels"].is_file() else None)
+            spec = spec or PreprocessSpec.read_json(files["preprocessing"])
+            data = data or recorded_validation_dir(files["report"])
+            tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
+        else:
+            tflites[path.stem] = path
+    if args.preprocessing:
+        spec = PreprocessSpec.read_json(args.preprocessing)
+    if keras is None or data is None:
+        print("tflite-pipeline verify: error: --keras and --data are required unless a run folder is given",
+              file=sys.stderr)
+        return 2
+    recipe = load_recipe("default").with_overrides({**_preprocess_overrides(args), **_gate_overrides(args)})
+    if spec is not None and (args.normalization or args.mean or args.std):
+        spec = None  # explicit flags win over the run folder's spec
+    report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,
+                          config=recipe.verify)
+    print(report.format_table())
+    if args.json_out:
+        atomic_write_json(args.json_out, report.to_dict())
+    report.check()
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_tflite
+
+    info = inspect_tflite(args.file)
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info.format())
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipe import bundled_recipes
+
+    for name in bundled_recipes():
+        print(f"{name:<16} {load_recipe(name).description}")
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "inspect": _cmd_inspect,
+             "recipes": _cmd_recipes}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code instead of exiting (testable in process)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except PipelineError as error:
+        print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no partial run folder was published", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    raise SystemExit(main())
