@@ -32,7 +32,7 @@ def test_report_json_and_markdown_agree(tiny_run):
     assert {a["variant"] for a in report["artifacts"]} == {"float32", "int8"}
     int8 = next(a for a in report["artifacts"] if a["variant"] == "int8")
     assert int8["info"]["is_full_integer"] and 0 < int8["gzip_bytes"] < int8["size_bytes"]
-    assert report["versions"]["tensorflow"].startswith("2.21") and report["recipe"]["train"]["epochs"] == 1
+    assert report["versions"]["tensorflow"].startswith("2.21") and report["recipe"]["train"]["epochs"] == 2
     markdown = (tiny_run.run_dir / "report.md").read_text()
     assert "| int8 .tflite |" in markdown and "parity gate PASSED" in markdown
 
