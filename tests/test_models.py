@@ -13,7 +13,8 @@ def small_model():
 
 def test_builder_is_flat_with_the_requested_momentum(small_model):
     assert not any(isinstance(layer, keras.Model) for layer in small_model.layers)
-    momenta = {l.momentum for l in small_model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    momenta = {layer.momentum for layer in small_model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.9}
     assert image_input_shape(small_model) == (32, 32, 3) and small_model.output_shape == (None, 10)
 
@@ -24,7 +25,8 @@ def test_builder_is_seeded(small_model):
 
 
 def test_local_weights_file_is_the_offline_path(tmp_path, small_model):
-    pooling = next(l for l in small_model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D))
+    pooling = next(layer for layer in small_model.layers
+                   if isinstance(layer, keras.layers.GlobalAveragePooling2D))
     backbone = keras.Model(small_model.input, pooling.output)
     path = tmp_path / "backbone.h5"
     backbone.save_weights(path)

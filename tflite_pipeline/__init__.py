@@ -32,8 +32,11 @@ _LAZY = {
     "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
 }
 
-__all__ = sorted([*_LAZY, "ConversionError", "DataError", "DependencyError", "ModelError", "OutputError",
-                  "ParityError", "PipelineError", "RecipeError", "TFLiteFileError"])
+__all__ = [  # noqa: RUF022 - grouped by stage
+    "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
+    "TFLiteFileError", "ParityError", "OutputError",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

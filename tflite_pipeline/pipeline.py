@@ -108,15 +108,19 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
         model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation, log=log)
         stage("train", t0)
 
-    report = export_and_verify(model, splits, spec, recipe, folder, name=model_name(recipe), seconds=seconds, log=log)
-    seconds["total"] = round(time.perf_counter() - started, 2)
-    log(f"[done] {folder.final} in {seconds['total']:.0f} s; parity gate {'passed' if report.passed else 'FAILED'}")
+    report = export_and_verify(model, splits, spec, recipe, folder, name=model_name(recipe), seconds=seconds,
+                               started=started, log=log)
+    log(f"[done] {folder.final} in {report.seconds['total']:.0f} s; parity gate "
+        f"{'passed' if report.passed else 'FAILED'}")
     return RunResult(folder.final, report)
 
 
 def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
-                      folder: RunFolder, *, name: str, seconds: dict[str, float], log: Log = _stderr) -> RunReport:
-    """Convert every variant, verify them against `model`, and write the complete run folder."""
+                      folder: RunFolder, *, name: str, seconds: dict[str, float], started: float,
+                      log: Log = _stderr) -> RunReport:
+    """Convert every variant, verify them against `model`, and write the complete run folder.
+
+    `seconds` holds the earlier stages' wall times; `started` is the run's `time.perf_counter()` start."""
     warnings = []
     with folder:
         t0 = time.perf_counter()
@@ -151,6 +155,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         model.save(folder.path(f"{name}{KERAS_FILE_SUFFIX}"))
         folder.write_text("labels.txt", "\n".join(splits.class_names) + "\n")
         folder.write_json("preprocessing.json", spec.to_dict())
+        seconds["total"] = round(time.perf_counter() - started, 2)
         report = RunReport(
             run_name=folder.final.name, recipe=recipe.to_dict(),
             versions={"python": platform.python_version(), **env.library_versions()},

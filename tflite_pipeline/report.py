@@ -73,8 +73,9 @@ class RunReport:
                   "| variant | file | size | gzip | full-integer | input | output |", "|---|---|---:|---:|---|---|---|"]
         for a in self.artifacts:
             i, o = a.info.inputs[0], a.info.outputs[0]
-            lines.append(f"| {a.variant} | `{a.file}` | {a.size_bytes / 1024:,.1f} KiB | {a.gzip_bytes / 1024:,.1f} KiB "
-                         f"| {'yes' if a.info.is_full_integer else 'no'} | {_io(i)} | {_io(o)} |")
+            lines.append(f"| {a.variant} | `{a.file}` | {a.size_bytes / 1024:,.1f} KiB | "
+                         f"{a.gzip_bytes / 1024:,.1f} KiB | {'yes' if a.info.is_full_integer else 'no'} | "
+                         f"{_io(i)} | {_io(o)} |")
         lines += ["", "## Preprocessing", "", f"`{self.preprocessing['formula']}` on "
                   f"{self.preprocessing['channel_order']} pixels resized ({self.preprocessing['resize']}) to "
                   f"{self.preprocessing['height']}x{self.preprocessing['width']}; see `preprocessing.json`.", "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -136,7 +136,8 @@ class ParityReport:
                  f"| float Keras | {self.keras_top1:.2%} | | | {self.keras_top5:.2%} | {self.num_images} | reference |"]
         for row in self.rows:
             gate = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
-            lines.append(f"| {row.variant} .tflite | {row.top1:.2%} | {-row.top1_drop:+.2f} | {row.agreement:.2%} | "
+            delta = round(-row.top1_drop, 2) + 0.0  # no "-0.00"
+            lines.append(f"| {row.variant} .tflite | {row.top1:.2%} | {delta:+.2f} | {row.agreement:.2%} | "
                          f"{row.top5:.2%} | {self.num_images} | {gate} |")
         lines.append(f"\nGate: top-1 drop <= {self.max_top1_drop:g} pts and agreement >= {self.min_agreement:.0%}.")
         return "\n".join(lines)
@@ -149,8 +150,9 @@ class ParityReport:
         return self
 
 
-def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder, spec: PreprocessSpec,
-           config: VerifyConfig = VerifyConfig(), *, log: Callable[[str], None] = print) -> ParityReport:
+def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder,
+                   spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
+                   log: Callable[[str], None] = print) -> ParityReport:
     """Run the Keras model and every `.tflite` over `folder` in one pass and compare top-1/top-5.
 
     Returns the report whether or not it passes; call `.check()` to gate. Raises `ModelError` when
