@@ -6,6 +6,7 @@ answers in well under a second.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,17 @@ class OpInfo:
 
 
 @dataclass(frozen=True)
+class WeightInfo:
+    """A constant weight tensor of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op."""
+
+    name: str
+    op: str
+    size: int
+    sparsity: float          # fraction of exact zeros (int8 weights are symmetric: zero stays 0)
+    max_unique: int          # most distinct values in one output channel (<= clusters after clustering)
+
+
+@dataclass(frozen=True)
 class TFLiteInfo:
     """What `inspect_tflite` reads off a model file."""
 
@@ -50,14 +62,32 @@ class TFLiteInfo:
     ops: tuple[OpInfo, ...]
     float_ops: tuple[str, ...]        # "CONV_2D #3 (output name)" for ops that compute in float
     num_parameters: int               # elements of constant tensors (weights and biases)
+    weights: tuple[WeightInfo, ...] = ()
+
+    @property
+    def weight_sparsity(self) -> float:
+        """Zeros over all conv / fully-connected weights."""
+        total = sum(w.size for w in self.weights)
+        return sum(w.sparsity * w.size for w in self.weights) / total if total else 0.0
 
     @property
     def is_full_integer(self) -> bool:
         return not self.float_ops and all(t.dtype in ("int8", "uint8") for t in self.inputs + self.outputs)
 
+    def layer_sparsity(self, layer_names: list[str]) -> dict[str, float]:
+        """Sparsity of the weight tensor each Keras layer became (matched by name, QAT `quant_` prefix too)."""
+        out = {}
+        for layer in layer_names:
+            pattern = re.compile(rf"(^|/)(quant_)?{re.escape(layer)}/")
+            match = next((w for w in self.weights if pattern.search(w.name)), None)
+            if match is not None:
+                out[layer] = match.sparsity
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["is_full_integer"] = self.is_full_integer
+        out["weight_sparsity"] = self.weight_sparsity
         return out
 
     def format(self) -> str:
@@ -66,7 +96,8 @@ class TFLiteInfo:
             quant = f"scale={t.scale:.6g} zero_point={t.zero_point}" if t.scale is not None else "not quantized"
             return f"  {kind:<6} {t.name:<28} shape={list(t.shape)} {t.dtype:<7} {quant}"
 
-        lines = [f"size: {self.size_bytes:,} bytes, parameters: {self.num_parameters:,}",
+        lines = [f"size: {self.size_bytes:,} bytes, parameters: {self.num_parameters:,}, "
+                 f"weight sparsity: {self.weight_sparsity:.1%}",
                  f"full-integer: {'yes' if self.is_full_integer else 'no'}"]
         lines += [tensor_line("input", t) for t in self.inputs] + [tensor_line("output", t) for t in self.outputs]
         lines.append("ops (name, version, count):")
@@ -141,6 +172,7 @@ def inspect_tflite(source: str | Path | bytes) -> TFLiteInfo:
         if any(_TENSOR_TYPES.get(t.type) in _FLOAT_TYPES for t in touched):
             out_name = (tensors[outputs[0]].name or b"").decode(errors="replace") if outputs else ""
             float_ops.append(f"{name} #{index} ({out_name})")
+    weights = _weights(model, graph, names)
     num_parameters = 0
     for tensor in tensors:
         buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers) else None
@@ -153,4 +185,29 @@ def inspect_tflite(source: str | Path | bytes) -> TFLiteInfo:
         ops=tuple(OpInfo(name, version, count) for (name, version), count in sorted(counts.items())),
         float_ops=tuple(float_ops),
         num_parameters=num_parameters,
+        weights=weights,
     )
+
+
+_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+_NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32, "float16": np.float16, "int4": np.int8}
+
+
+def _weights(model: "schema.ModelT", graph: "schema.SubGraphT", op_names: list[str]) -> tuple[WeightInfo, ...]:
+    out = []
+    for op in graph.operators or ():
+        name = op_names[op.opcodeIndex]
+        if name not in _WEIGHT_OPS or op.inputs is None or len(op.inputs) < 2:
+            continue
+        tensor = graph.tensors[op.inputs[1]]
+        buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers) else None
+        dtype = _NUMPY_TYPES.get(_TENSOR_TYPES.get(tensor.type, ""))
+        if buffer is None or buffer.data is None or dtype is None or not len(buffer.data):
+            continue
+        values = np.frombuffer(bytes(buffer.data), dtype=dtype)
+        channels = values.reshape(int(tensor.shape[0]), -1) if name != "DEPTHWISE_CONV_2D" else \
+            values.reshape(-1, int(tensor.shape[-1])).T
+        out.append(WeightInfo(name=(tensor.name or b"").decode(errors="replace"), op=name, size=int(values.size),
+                              sparsity=float(np.mean(values == 0)),
+                              max_unique=max(int(np.unique(row).size) for row in channels)))
+    return tuple(out)

@@ -144,6 +144,16 @@ def image_input_shape(model: object) -> tuple[int, int, int]:
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
+def outputs_probabilities(model: keras.Model) -> bool:
+    """Whether the model ends in a softmax (probabilities) rather than logits. Looks through tfmot wrappers."""
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)  # PruneLowMagnitude / QuantizeWrapper / ClusterWeights keep `.layer`
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
 def num_classes(model: keras.Model) -> int:
     return int(model.outputs[0].shape[-1])
 

@@ -23,10 +23,14 @@ from .errors import DataError, ModelError, OutputError
 from .inspect import inspect_tflite
 from .models import MOBILENET_V2, build_mobilenet_v2, check_labels, image_input_shape, load_model
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
-from .report import ModelArtifact, RunReport
+from .report import ModelArtifact, RunReport, StageRecord
 from .runfolder import RunFolder, check_run_name
-from .train import train_classifier
-from .verify import ParityReport, measure_parity
+from .cluster import check_clustering, cluster_weights, strip_clustering, unique_weights
+from .layers import select_layers
+from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
+from .quantize import quantize_aware, save_qat_model
+from .train import FineTuner, train_classifier
+from .verify import ParityReport, keras_accuracy, measure_parity
 
 Log = Callable[[str], None]
 KERAS_FILE_SUFFIX = "_float.keras"
@@ -94,12 +98,13 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
     training = recipe.train.epochs > 0
     d = recipe.data
     splits = open_splits(data_root(recipe), train=d.train, validation=d.validation, calibration=d.calibration,
-                         labels=d.labels, need_train=training)
+                         labels=d.labels, need_train=training or recipe.optimizes)
     log(f"[data] {splits.root}: {len(splits.class_names)} classes, " +
         ", ".join(f"{k} {v}" for k, v in splits.counts().items()))
     model = baseline_model(recipe, len(splits.class_names))
     check_labels(model, splits.class_names, f"the labels of {str(splits.root)!r}")
     spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model))
+    preflight(recipe, model)
     stage("prepare", t0)
 
     if training:
@@ -108,16 +113,87 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
         model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation, log=log)
         stage("train", t0)
 
+    stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log)
     report = export_and_verify(model, splits, spec, recipe, folder, name=model_name(recipe), seconds=seconds,
-                               started=started, log=log)
+                               started=started, stages=stages, log=log)
     log(f"[done] {folder.final} in {report.seconds['total']:.0f} s; parity gate "
         f"{'passed' if report.passed else 'FAILED'}")
     return RunResult(folder.final, report)
 
 
+_QAT_LABELS = {"default": "qat", "prune_preserve": "pqat", "cluster_preserve": "cqat"}
+
+
+def preflight(recipe: Recipe, model: keras.Model) -> None:
+    """Fail before any training on settings the model cannot take (patterns, cluster counts, QAT support)."""
+    if recipe.prune.enabled:
+        p = recipe.prune
+        select_layers(model, "prune", patterns=p.layers, layer_types=p.layer_types, exclude=p.exclude)
+    if recipe.cluster.enabled:
+        check_clustering(model, recipe.cluster)
+    if recipe.qat.enabled:
+        quantize_aware(model)
+
+
+@dataclass(frozen=True)
+class OptimizedStage:
+    """A fine-tuned model and what it is: `label` names the stage (pruned, clustered, qat, pqat, cqat)."""
+
+    label: str
+    model: keras.Model
+    record: StageRecord
+    is_qat: bool = False
+
+
+def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe, *,
+             seconds: dict[str, float], log: Log = _stderr) -> list[OptimizedStage]:
+    """Chain the recipe's fine-tune stages on the float baseline: [prune | cluster] -> [QAT]."""
+    if not recipe.optimizes:
+        return []
+    distill = recipe.distill if recipe.distill.enabled else None
+    tuner = FineTuner(train=splits.train, spec=spec, batch_size=recipe.train.batch_size, seed=recipe.train.seed,
+                      augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill, log=log)
+    stages: list[OptimizedStage] = []
+    current, scheme, layers, extra = baseline, "default", [], {}
+
+    def record(label: str, model: keras.Model, t0: float) -> StageRecord:
+        seconds[label] = round(time.perf_counter() - t0, 2)
+        top1 = keras_accuracy(model, splits.validation, spec, recipe.verify.batch_size)
+        log(f"  {label}: Keras top-1 {top1:.2%}")
+        return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), **extra)
+
+    if recipe.prune.enabled:
+        t0, p = time.perf_counter(), recipe.prune
+        wrapped, layers = prune_low_magnitude(current, p, tuner.steps(p.epochs))
+        log(f"[prune] {len(layers)} layers, {p.structure} {p.schedule} "
+            f"{p.initial_sparsity:.0%}->{p.target_sparsity:.0%}" if p.structure == "unstructured" else
+            f"[prune] {len(layers)} layers, 2:4 structured")
+        current = strip_pruning(tuner.fit(wrapped, epochs=p.epochs, learning_rate=p.learning_rate,
+                                          callbacks=pruning_callbacks()))
+        sparsity = kernel_sparsity(current, layers)
+        extra = {"layers": tuple(layers), "sparsity": sum(sparsity.values()) / len(sparsity)}
+        scheme = "prune_preserve"
+        stages.append(OptimizedStage("pruned", current, record("pruned", current, t0)))
+    if recipe.cluster.enabled:
+        t0, c = time.perf_counter(), recipe.cluster
+        wrapped, layers = cluster_weights(current, c)
+        log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
+        current = strip_clustering(tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
+        extra = {"layers": tuple(layers), "clusters": max(unique_weights(current, layers).values())}
+        scheme = "cluster_preserve"
+        stages.append(OptimizedStage("clustered", current, record("clustered", current, t0)))
+    if recipe.qat.enabled:
+        t0, q = time.perf_counter(), recipe.qat
+        label = _QAT_LABELS[scheme]
+        log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
+        current = tuner.fit(quantize_aware(current, scheme), epochs=q.epochs, learning_rate=q.learning_rate)
+        stages.append(OptimizedStage(label, current, record(label, current, t0), is_qat=True))
+    return stages
+
+
 def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
                       folder: RunFolder, *, name: str, seconds: dict[str, float], started: float,
-                      log: Log = _stderr) -> RunReport:
+                      stages: list[OptimizedStage] = (), log: Log = _stderr) -> RunReport:
     """Convert every variant, verify them against `model`, and write the complete run folder.
 
     `seconds` holds the earlier stages' wall times; `started` is the run's `time.perf_counter()` start."""
@@ -131,21 +207,33 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             if representative.num_samples < recipe.convert.calibration_samples:
                 warnings.append(f"calibration used {representative.num_samples} images, fewer than the "
                                 f"{recipe.convert.calibration_samples} asked for")
+        jobs = [(variant, variant, model) for variant in recipe.convert.variants]
+        if stages:
+            if representative is None:
+                representative = representative_dataset(splits.calibration, spec,
+                                                        recipe.convert.calibration_samples, seed=recipe.train.seed)
+            jobs.append((f"{stages[-1].label}_int8", "int8", stages[-1].model))
         flatbuffers: dict[str, bytes] = {}
+        sources: dict[str, tuple[str, keras.Model]] = {}
         artifacts = []
-        for variant in recipe.convert.variants:
+        for variant, kind, source in jobs:
             log(f"[convert] {variant}" + (f" ({representative.num_samples} calibration images)"
-                                          if variant == "int8" else ""))
-            data = convert_variant(model, variant, representative=representative, io_dtype=recipe.convert.io_dtype)
+                                          if kind == "int8" else ""))
+            data = convert_variant(source, kind, representative=representative, io_dtype=recipe.convert.io_dtype)
             file = f"{name}_{variant}.tflite"
             folder.write_bytes(file, data)
             flatbuffers[variant] = data
-            artifacts.append(ModelArtifact.measure(variant, file, data, inspect_tflite(data)))
+            if source is not model:
+                sources[variant] = (f"{stages[-1].label} Keras", source)
+            info = inspect_tflite(data)
+            pruned = stages[0].record.layers if stages and stages[0].record.sparsity is not None else ()
+            artifacts.append(ModelArtifact.measure(variant, file, data, info,
+                                                   layer_sparsity=info.layer_sparsity(list(pruned))))
         seconds["convert"] = round(time.perf_counter() - t0, 2)
 
         t0 = time.perf_counter()
         log(f"[verify] {', '.join(flatbuffers)} vs float Keras on {len(splits.validation)} validation images")
-        parity = measure_parity(model, flatbuffers, splits.validation, spec, recipe.verify, log=log)
+        parity = measure_parity(model, flatbuffers, splits.validation, spec, recipe.verify, sources=sources, log=log)
         seconds["verify"] = round(time.perf_counter() - t0, 2)
         chance = 1.0 / len(splits.class_names)
         if parity.keras_top1 < 1.5 * chance:
@@ -153,6 +241,11 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
                             "a usable baseline (train longer, or lower model.bn_momentum)")
 
         model.save(folder.path(f"{name}{KERAS_FILE_SUFFIX}"))
+        for optimized in stages[-1:]:
+            if optimized.is_qat:
+                save_qat_model(optimized.model, folder.path(f"{name}_{optimized.label}.h5"))
+            else:
+                optimized.model.save(folder.path(f"{name}_{optimized.label}.keras"))
         folder.write_text("labels.txt", "\n".join(splits.class_names) + "\n")
         folder.write_json("preprocessing.json", spec.to_dict())
         seconds["total"] = round(time.perf_counter() - started, 2)
@@ -163,6 +256,8 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             model={"name": name, "keras_name": model.name, "input_shape": list(spec.input_shape),
                    "classes": len(splits.class_names), "parameters": int(model.count_params())},
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
+            stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params())),
+                    *(s.record for s in stages)),
             warnings=tuple(warnings))
         folder.write_json("report.json", report.to_dict())
         folder.write_text("report.md", report.to_markdown())

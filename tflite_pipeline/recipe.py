@@ -165,8 +165,8 @@ class ConvertConfig(_Section):
     calibration_samples: int = 300      # representative images drawn from the calibration split
 
     def __post_init__(self) -> None:
-        _require(bool(self.variants) and set(self.variants) <= set(VARIANTS), self.section, "variants",
-                 self.variants, f"a non-empty list drawn from {list(VARIANTS)}")
+        _require(set(self.variants) <= set(VARIANTS), self.section, "variants", self.variants,
+                 f"a list drawn from {list(VARIANTS)}")
         _require(len(set(self.variants)) == len(self.variants), self.section, "variants", self.variants,
                  "no repeated variant")
         _require(self.io_dtype in IO_DTYPES, self.section, "io_dtype", self.io_dtype, f"one of {IO_DTYPES}")
@@ -193,8 +193,110 @@ class VerifyConfig(_Section):
         _require(self.num_threads >= 1, self.section, "num_threads", self.num_threads, "an integer >= 1")
 
 
+PRUNE_STRUCTURES = ("unstructured", "2:4")
+PRUNE_SCHEDULES = ("polynomial", "constant")
+# tfmot 0.8 prunes/clusters no DepthwiseConv2D kernel: wrapping one would silently do nothing
+PRUNABLE_TYPES = ("Conv2D", "Dense")
+
+
+def _check_layers(section: str, layer_types: tuple[str, ...]) -> None:
+    _require(bool(layer_types) and set(layer_types) <= set(PRUNABLE_TYPES), section, "layer_types", layer_types,
+             f"a non-empty list drawn from {list(PRUNABLE_TYPES)} (tfmot does not prune or cluster depthwise "
+             "kernels)")
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Section):
+    """Magnitude pruning fine-tune (tfmot `prune_low_magnitude`), then `strip_pruning`.
+
+    Layers pruned: those of `layer_types` whose name matches one of `layers` (regular expressions;
+    empty = all) and none of `exclude` (default: MobileNetV2's stem convolution and the classifier).
+    """
+
+    section: ClassVar[str] = "prune"
+    enabled: bool = False
+    structure: str = "unstructured"      # or "2:4": two of every four weights zero (fixed 50%)
+    schedule: str = "polynomial"         # polynomial decay from initial to target, or constant target
+    initial_sparsity: float = 0.5
+    target_sparsity: float = 0.8
+    epochs: int = 6
+    end_fraction: float = 0.7            # the target is reached at this fraction of the fine-tune steps
+    learning_rate: float = 5e-4
+    layers: tuple[str, ...] = ()
+    layer_types: tuple[str, ...] = PRUNABLE_TYPES
+    exclude: tuple[str, ...] = ("^Conv1$", "^predictions$")
+
+    def __post_init__(self) -> None:
+        _require(self.structure in PRUNE_STRUCTURES, self.section, "structure", self.structure,
+                 f"one of {PRUNE_STRUCTURES}")
+        _require(self.schedule in PRUNE_SCHEDULES, self.section, "schedule", self.schedule,
+                 f"one of {PRUNE_SCHEDULES}")
+        _require(0.0 <= self.target_sparsity < 1.0, self.section, "target_sparsity", self.target_sparsity,
+                 "a value in [0, 1)")
+        _require(0.0 <= self.initial_sparsity <= self.target_sparsity, self.section, "initial_sparsity",
+                 self.initial_sparsity, f"a value in [0, target_sparsity={self.target_sparsity}]")
+        _require(self.epochs >= 1, self.section, "epochs", self.epochs, "an integer >= 1")
+        _require(0.0 < self.end_fraction <= 1.0, self.section, "end_fraction", self.end_fraction, "a value in (0, 1]")
+        _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate, "a value in (0, 1)")
+        _check_layers(self.section, self.layer_types)
+
+
+@dataclass(frozen=True)
+class ClusterConfig(_Section):
+    """Weight clustering (weight sharing) fine-tune with tfmot, then `strip_clustering`."""
+
+    section: ClassVar[str] = "cluster"
+    enabled: bool = False
+    clusters: int = 16
+    epochs: int = 3
+    learning_rate: float = 1e-4
+    layers: tuple[str, ...] = ()
+    layer_types: tuple[str, ...] = PRUNABLE_TYPES
+    exclude: tuple[str, ...] = ("^Conv1$", "^predictions$")
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.clusters <= 256, self.section, "clusters", self.clusters,
+                 "an integer in [2, 256] (int8 weights have 256 levels)")
+        _require(self.epochs >= 1, self.section, "epochs", self.epochs, "an integer >= 1")
+        _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate, "a value in (0, 1)")
+        _check_layers(self.section, self.layer_types)
+
+
+@dataclass(frozen=True)
+class QATConfig(_Section):
+    """Quantization-aware fine-tune. The scheme follows the earlier stages: prune-preserving (PQAT)
+    after pruning, cluster-preserving (CQAT) after clustering, else tfmot's default 8-bit scheme."""
+
+    section: ClassVar[str] = "qat"
+    enabled: bool = False
+    epochs: int = 2
+    learning_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, self.section, "epochs", self.epochs, "an integer >= 1")
+        _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate, "a value in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DistillConfig(_Section):
+    """Knowledge distillation during the fine-tunes: the float baseline teaches the student.
+
+    loss = alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+    """
+
+    section: ClassVar[str] = "distill"
+    enabled: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0.0, self.section, "temperature", self.temperature, "a value > 0")
+        _require(0.0 <= self.alpha <= 1.0, self.section, "alpha", self.alpha, "a value in [0, 1]")
+
+
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, ConvertConfig, VerifyConfig)
+    cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, PruneConfig, ClusterConfig,
+                                 QATConfig, DistillConfig, ConvertConfig, VerifyConfig)
 }
 
 
@@ -208,8 +310,31 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def __post_init__(self) -> None:
+        if self.prune.enabled and self.cluster.enabled:
+            raise RecipeError("Received `prune.enabled=true` with `cluster.enabled=true`; choose one: tfmot has no "
+                              "scheme that preserves both through QAT in this pipeline.")
+        if self.prune.enabled and self.prune.structure == "2:4" and self.prune.target_sparsity != 0.5:
+            raise RecipeError(f"Received `prune.structure='2:4'` with `prune.target_sparsity="
+                              f"{self.prune.target_sparsity}`; 2:4 sparsity is exactly 0.5, set target_sparsity = 0.5.")
+        if not self.convert.variants and not self.optimizes:
+            raise RecipeError("Received `convert.variants=[]` with no fine-tune stage: nothing would be exported. "
+                              "List float32 and/or int8, or enable [prune], [cluster] or [qat].")
+        if self.distill.enabled and not (self.prune.enabled or self.cluster.enabled or self.qat.enabled):
+            raise RecipeError("Received `distill.enabled=true` without a fine-tune stage to distill into; enable "
+                              "[prune], [cluster] or [qat].")
+
+    @property
+    def optimizes(self) -> bool:
+        """Whether the recipe has fine-tuning stages after the baseline."""
+        return self.prune.enabled or self.cluster.enabled or self.qat.enabled
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "Recipe":

@@ -16,6 +16,18 @@ def gzip_size(data: bytes) -> int:
 
 
 @dataclass(frozen=True)
+class StageRecord:
+    """One Keras stage of a run: its accuracy and what it did to the weights."""
+
+    name: str
+    keras_top1: float
+    parameters: int
+    layers: tuple[str, ...] = ()          # layers the stage pruned or clustered
+    sparsity: float | None = None         # mean zero fraction over those layers (Keras side)
+    clusters: int | None = None           # most distinct values in one clustered kernel
+
+
+@dataclass(frozen=True)
 class ModelArtifact:
     """One exported `.tflite` and what its flatbuffer says."""
 
@@ -24,10 +36,17 @@ class ModelArtifact:
     size_bytes: int
     gzip_bytes: int
     info: TFLiteInfo
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # pruned layers, read from the flatbuffer
 
     @classmethod
-    def measure(cls, variant: str, file: str, data: bytes, info: TFLiteInfo) -> "ModelArtifact":
-        return cls(variant=variant, file=file, size_bytes=len(data), gzip_bytes=gzip_size(data), info=info)
+    def measure(cls, variant: str, file: str, data: bytes, info: TFLiteInfo,
+                layer_sparsity: dict[str, float] | None = None) -> "ModelArtifact":
+        return cls(variant=variant, file=file, size_bytes=len(data), gzip_bytes=gzip_size(data), info=info,
+                   layer_sparsity=dict(layer_sparsity or {}))
+
+    @property
+    def pruned_sparsity(self) -> float | None:
+        return sum(self.layer_sparsity.values()) / len(self.layer_sparsity) if self.layer_sparsity else None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -49,6 +68,7 @@ class RunReport:
     parity: ParityReport
     seconds: dict[str, float]
     warnings: tuple[str, ...] = field(default=())
+    stages: tuple[StageRecord, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -58,6 +78,7 @@ class RunReport:
         return {
             "run_name": self.run_name, "passed": self.passed, "warnings": list(self.warnings),
             "parity": self.parity.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
+            "stages": [asdict(stage) for stage in self.stages],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe,
         }
@@ -69,13 +90,24 @@ class RunReport:
         lines += [f"Model `{self.model['name']}`: input {self.model['input_shape']}, {self.model['classes']} classes, "
                   f"{self.model['parameters']:,} parameters. Validation data: `{self.parity.data}` "
                   f"({self.parity.num_images} images).", "", "## Parity (LiteRT vs float Keras, same images)", "",
-                  self.parity.format_table(), "", "## Files", "",
-                  "| variant | file | size | gzip | full-integer | input | output |", "|---|---|---:|---:|---|---|---|"]
+                  self.parity.format_table(), ""]
+        if len(self.stages) > 1:
+            lines += ["## Stages (Keras side)", "", "| stage | Keras top-1 | Δ vs baseline (pts) | layers | sparsity "
+                      "| clusters | parameters |", "|---|---:|---:|---:|---:|---:|---:|"]
+            base = self.stages[0].keras_top1
+            for st in self.stages:
+                lines.append(f"| {st.name} | {st.keras_top1:.2%} | {round((st.keras_top1 - base) * 100, 2) + 0.0:+.2f} "
+                             f"| {len(st.layers) or ''} | {'' if st.sparsity is None else f'{st.sparsity:.1%}'} | "
+                             f"{st.clusters or ''} | {st.parameters:,} |")
+            lines.append("")
+        lines += ["## Files", "", "| variant | file | size | gzip | weight sparsity (all / pruned layers) | "
+                  "full-integer | input | output |", "|---|---|---:|---:|---:|---|---|---|"]
         for a in self.artifacts:
             i, o = a.info.inputs[0], a.info.outputs[0]
+            pruned = "" if a.pruned_sparsity is None else f" / {a.pruned_sparsity:.1%}"
             lines.append(f"| {a.variant} | `{a.file}` | {a.size_bytes / 1024:,.1f} KiB | "
-                         f"{a.gzip_bytes / 1024:,.1f} KiB | {'yes' if a.info.is_full_integer else 'no'} | "
-                         f"{_io(i)} | {_io(o)} |")
+                         f"{a.gzip_bytes / 1024:,.1f} KiB | {a.info.weight_sparsity:.1%}{pruned} | "
+                         f"{'yes' if a.info.is_full_integer else 'no'} | {_io(i)} | {_io(o)} |")
         lines += ["", "## Preprocessing", "", f"`{self.preprocessing['formula']}` on "
                   f"{self.preprocessing['channel_order']} pixels resized ({self.preprocessing['resize']}) to "
                   f"{self.preprocessing['height']}x{self.preprocessing['width']}; see `preprocessing.json`.", "",

@@ -94,8 +94,10 @@ class ParityRow:
     variant: str
     top1: float                 # fraction
     top5: float
-    top1_drop: float            # percentage points lost vs Keras (negative = gained)
-    agreement: float            # fraction of images with the same top-1 as Keras
+    top1_drop: float            # percentage points lost vs the float Keras baseline (negative = gained)
+    agreement: float            # fraction of images with the same top-1 as the float Keras baseline
+    source_agreement: float     # ... as the Keras model this .tflite was converted from (gated)
+    source: str = "float Keras"
     failures: tuple[str, ...] = ()
 
     @property
@@ -131,15 +133,18 @@ class ParityReport:
 
     def format_table(self) -> str:
         """A Markdown table: the Keras reference first, then one row per `.tflite`."""
-        lines = ["| model | top-1 | Δ top-1 vs Keras (pts) | agreement with Keras | top-5 | images | gate |",
-                 "|---|---:|---:|---:|---:|---:|---|",
-                 f"| float Keras | {self.keras_top1:.2%} | | | {self.keras_top5:.2%} | {self.num_images} | reference |"]
+        lines = ["| model | top-1 | Δ top-1 vs float Keras (pts) | agreement with float Keras | agreement with "
+                 "its Keras source | top-5 | images | gate |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|",
+                 f"| float Keras | {self.keras_top1:.2%} | | | | {self.keras_top5:.2%} | {self.num_images} "
+                 "| reference |"]
         for row in self.rows:
             gate = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
             delta = round(-row.top1_drop, 2) + 0.0  # no "-0.00"
             lines.append(f"| {row.variant} .tflite | {row.top1:.2%} | {delta:+.2f} | {row.agreement:.2%} | "
-                         f"{row.top5:.2%} | {self.num_images} | {gate} |")
-        lines.append(f"\nGate: top-1 drop <= {self.max_top1_drop:g} pts and agreement >= {self.min_agreement:.0%}.")
+                         f"{row.source_agreement:.2%} ({row.source}) | {row.top5:.2%} | {self.num_images} | {gate} |")
+        lines.append(f"\nGate: top-1 drop vs float Keras <= {self.max_top1_drop:g} pts and agreement with the Keras "
+                     f"source >= {self.min_agreement:.0%}.")
         return "\n".join(lines)
 
     def check(self) -> "ParityReport":
@@ -152,52 +157,69 @@ class ParityReport:
 
 def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder,
                    spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
+                   sources: Mapping[str, tuple[str, Any]] | None = None,
                    log: Callable[[str], None] = print) -> ParityReport:
-    """Run the Keras model and every `.tflite` over `folder` in one pass and compare top-1/top-5.
+    """Run the float Keras model, each `.tflite` and each `.tflite`'s Keras source over `folder` in one pass.
 
-    Returns the report whether or not it passes; call `.check()` to gate. Raises `ModelError` when
-    the class count of a model does not match the folder's classes.
+    `sources` maps a `.tflite` name to `(label, keras model)` it was converted from (default: the
+    float model itself, as for post-training quantization). The gate: top-1 drop vs the float model
+    <= `max_top1_drop` and agreement with the source >= `min_agreement`. Returns the report whether or
+    not it passes; call `.check()` to gate. Raises `ModelError` for a class-count mismatch.
     """
     from .models import check_labels
 
     check_labels(keras_model, folder.class_names, f"the data folder {str(folder.root)!r}")
+    sources = dict(sources or {})
     runners = {name: LiteRTClassifier(model, num_threads=config.num_threads, batch_size=config.batch_size)
                for name, model in tflite_models.items()}
     for name, runner in runners.items():
         if runner.num_classes != len(folder.class_names):
             raise ModelError(f"The {name} .tflite outputs {runner.num_classes} classes but the data has "
                              f"{len(folder.class_names)}.")
+    kerases = {id(keras_model): keras_model, **{id(m): m for _, m in sources.values()}}
     labels: list[np.ndarray] = []
-    keras_top: list[np.ndarray] = []
+    keras_top: dict[int, list[np.ndarray]] = {key: [] for key in kerases}
     tflite_top: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     done = 0
     for images, batch_labels in folder.batches(spec, config.batch_size):
         labels.append(batch_labels)
-        keras_top.append(_topk(np.asarray(keras_model(images, training=False)), 5))
+        for key, model in kerases.items():
+            keras_top[key].append(_topk(np.asarray(model(images, training=False)), 5))
         for name, runner in runners.items():
             tflite_top[name].append(_topk(runner.predict(images), 5))
         done += len(images)
         if done % (config.batch_size * 10) < config.batch_size or done == len(folder):
             log(f"  verified {done}/{len(folder)} images")
     y = np.concatenate(labels)
-    reference = np.concatenate(keras_top)
+    tops = {key: np.concatenate(parts) for key, parts in keras_top.items()}
+    reference = tops[id(keras_model)]
     keras_top1 = float(np.mean(reference[:, 0] == y))
     rows = []
     for name, parts in tflite_top.items():
         top = np.concatenate(parts)
+        source_label, source_model = sources.get(name, ("float Keras", keras_model))
         top1 = float(np.mean(top[:, 0] == y))
         drop = (keras_top1 - top1) * 100.0
         agreement = float(np.mean(top[:, 0] == reference[:, 0]))
+        source_agreement = float(np.mean(top[:, 0] == tops[id(source_model)][:, 0]))
         failures = []
         if drop > config.max_top1_drop + 1e-9:
             failures.append(f"top-1 drop {drop:.2f} pts > {config.max_top1_drop:g}")
-        if agreement < config.min_agreement - 1e-12:
-            failures.append(f"agreement {agreement:.2%} < {config.min_agreement:.2%}")
+        if source_agreement < config.min_agreement - 1e-12:
+            failures.append(f"agreement {source_agreement:.2%} < {config.min_agreement:.2%}")
         rows.append(ParityRow(variant=name, top1=top1, top5=_in_topk(top, y), top1_drop=drop, agreement=agreement,
-                              failures=tuple(failures)))
+                              source_agreement=source_agreement, source=source_label, failures=tuple(failures)))
     return ParityReport(num_images=len(y), keras_top1=keras_top1, keras_top5=_in_topk(reference, y), rows=tuple(rows),
                         max_top1_drop=config.max_top1_drop, min_agreement=config.min_agreement,
                         data=str(folder.root), class_names=folder.class_names)
+
+
+def keras_accuracy(model, folder: ImageFolder, spec: PreprocessSpec, batch_size: int = 64) -> float:
+    """Top-1 of a Keras model (inference mode) on `folder`."""
+    correct = 0
+    for images, labels in folder.batches(spec, batch_size):
+        correct += int(np.sum(np.argmax(np.asarray(model(images, training=False)), axis=1) == labels))
+    return correct / len(folder)
 
 
 def _in_topk(top: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,131 @@
+"""The tfmot stages on the tiny model: pruning (magnitude and 2:4), clustering, QAT/PQAT/CQAT,
+distillation, and one chained run whose int8 flatbuffer must keep the pruned zeros."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import tflite_pipeline as tp
+from tflite_pipeline.cluster import cluster_weights, strip_clustering, unique_weights
+from tflite_pipeline.distill import DistillationLoss
+from tflite_pipeline.prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
+from tflite_pipeline.quantize import load_qat_model, quantize_aware, save_qat_model
+from tflite_pipeline.recipe import ClusterConfig, DistillConfig, PruneConfig
+from tflite_pipeline.train import fit
+
+SPEC = tp.PreprocessSpec(32, 32)
+
+
+@pytest.fixture(scope="module")
+def train_folder(tiny_data):
+    return tp.ImageFolder.scan(tiny_data / "train")
+
+
+@pytest.fixture(scope="module")
+def pqat_run(tiny_run, tiny_recipe, tmp_path_factory):
+    """prune 80% with distillation -> PQAT -> int8, from the tiny run's trained baseline."""
+    recipe = tp.load_recipe("prune-pqat-kd").with_overrides({
+        "data.root": tiny_recipe.data.root, "model.source": str(tiny_run.run_dir / "mobilenet_v2_float.keras"),
+        "model.name": "tiny", "train.epochs": 0, "train.batch_size": 16, "prune.epochs": 2, "qat.epochs": 1,
+        "convert.variants": [], "convert.calibration_samples": 30, "verify.max_top1_drop": 100.0,
+        "verify.min_agreement": 0.0})
+    return tp.run(recipe, output_dir=tmp_path_factory.mktemp("pqat"), run_name="pqat", log=lambda _: None)
+
+
+def test_pqat_int8_flatbuffer_keeps_the_target_sparsity_on_pruned_layers(pqat_run):
+    (artifact,) = pqat_run.report.artifacts
+    assert artifact.variant == "pqat_int8" and artifact.info.is_full_integer
+    assert len(artifact.layer_sparsity) == len(pqat_run.report.stages[1].layers) > 20
+    assert all(abs(s - 0.8) <= 0.02 for s in artifact.layer_sparsity.values()), artifact.layer_sparsity
+    assert "Conv1" not in artifact.layer_sparsity and "predictions" not in artifact.layer_sparsity
+    assert artifact.gzip_bytes < 0.6 * artifact.size_bytes  # zeros compress
+
+
+def test_stage_report_shows_every_stage_side_by_side(pqat_run):
+    stages = pqat_run.report.stages
+    assert [s.name for s in stages] == ["baseline", "pruned", "pqat"]
+    assert stages[1].sparsity == pytest.approx(0.8, abs=0.02) and stages[2].sparsity == stages[1].sparsity
+    row = pqat_run.report.parity.row("pqat_int8")
+    assert row.source == "pqat Keras" and 0.0 <= row.source_agreement <= 1.0
+    markdown = (pqat_run.run_dir / "report.md").read_text()
+    assert "## Stages (Keras side)" in markdown and "| pqat |" in markdown
+    assert (pqat_run.run_dir / "tiny_pqat.h5").is_file()
+
+
+def test_qat_model_saves_and_reloads_in_quantize_scope(tiny_model, tmp_path):
+    qat = quantize_aware(tiny_model)
+    path = save_qat_model(qat, tmp_path / "qat.h5")
+    reloaded = load_qat_model(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(reloaded(x, training=False), qat(x, training=False), atol=1e-6)
+
+
+def test_pruning_does_not_touch_the_input_model(tiny_model):
+    before = [w.copy() for w in tiny_model.get_weights()]
+    pruned, names = prune_low_magnitude(tiny_model, PruneConfig(enabled=True), total_steps=10)
+    assert names and all(np.array_equal(a, b) for a, b in zip(before, tiny_model.get_weights()))
+    assert not any(n in ("Conv1", "predictions") for n in names)  # MobileNetV2 defaults keep stem and classifier
+
+
+def test_two_four_pruning_reaches_half_sparsity(tiny_model, train_folder):
+    config = PruneConfig(enabled=True, structure="2:4", target_sparsity=0.5, epochs=1, end_fraction=0.5)
+    wrapped, names = prune_low_magnitude(tiny_model, config, total_steps=19)
+    fit(wrapped, train_folder, SPEC, epochs=1, learning_rate=1e-4, batch_size=16, callbacks=pruning_callbacks(),
+        log=lambda _: None)
+    sparsity = kernel_sparsity(strip_pruning(wrapped), names)
+    assert all(abs(s - 0.5) < 0.01 for s in sparsity.values()), sparsity
+
+
+def test_clustering_leaves_at_most_n_distinct_weights(tiny_model, train_folder):
+    wrapped, names = cluster_weights(tiny_model, ClusterConfig(enabled=True, clusters=8))
+    fit(wrapped, train_folder, SPEC, epochs=1, learning_rate=1e-4, batch_size=16, log=lambda _: None)
+    clustered = strip_clustering(wrapped)
+    assert max(unique_weights(clustered, names).values()) <= 8
+    cqat = quantize_aware(clustered, "cluster_preserve")  # CQAT applies to the clustered model
+    assert any("quant" in layer.name for layer in cqat.layers)
+
+
+def test_distillation_loss_reduces_to_cross_entropy_and_zero_kl():
+    probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = tf.one_hot([0, 2], 3)
+    hard_only = DistillationLoss(3, DistillConfig(alpha=1.0))(tf.concat([labels, probs], 1), probs)
+    ce = keras.losses.categorical_crossentropy(labels, probs)
+    np.testing.assert_allclose(hard_only, tf.reduce_mean(ce), rtol=1e-5)
+    soft_only = DistillationLoss(3, DistillConfig(alpha=0.0, temperature=3.0))(tf.concat([labels, probs], 1), probs)
+    assert abs(float(soft_only)) < 1e-5  # student == teacher
+
+
+# --- impossible recipes fail before training, naming the field ---------------------------------
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"prune.enabled": True, "prune.layers": ["^nope$"]}, tp.RecipeError, r"`prune.layers` pattern '\^nope\$'"),
+    ({"cluster.enabled": True, "cluster.clusters": 256}, tp.RecipeError,
+     r"`cluster.clusters=256` but layer '.*' has only \d+ weights"),
+    ({"prune.enabled": True, "cluster.enabled": True}, tp.RecipeError, r"choose one"),
+    ({"prune.enabled": True, "prune.target_sparsity": 1.0}, tp.RecipeError, r"prune.target_sparsity=1.0"),
+    ({"prune.enabled": True, "prune.layer_types": ["DepthwiseConv2D"]}, tp.RecipeError, r"depthwise"),
+    ({"prune.enabled": True, "prune.structure": "2:4"}, tp.RecipeError, r"2:4 sparsity is exactly 0.5"),
+    ({"distill.enabled": True}, tp.RecipeError, r"without a fine-tune stage"),
+])
+def test_impossible_recipes_fail_before_training(tiny_recipe, tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        recipe = tiny_recipe.with_overrides({"train.epochs": 5, **overrides})
+        tp.run(recipe, output_dir=tmp_path, run_name="x", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qat_on_a_layer_tfmot_cannot_quantize_is_a_model_error():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    with pytest.raises(tp.ModelError, match=r"tfmot cannot quantize .*norm.*not supported"):
+        quantize_aware(model)
+
+
+def test_nested_model_is_rejected_with_instructions():
+    base = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)], name="backbone")
+    model = keras.Sequential([base, keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(tp.ModelError, match=r"nested models \['backbone'\].*Rebuild it functionally"):
+        quantize_aware(model)
