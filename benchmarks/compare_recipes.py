@@ -1,0 +1,87 @@
+"""Compare this pipeline's recipes with the plain tfmot tutorial recipes on ONE float baseline.
+
+    .venv/bin/python benchmarks/compare_recipes.py --baseline models/demo/mobilenet_v2_float.keras
+    .venv/bin/python benchmarks/compare_recipes.py                      # trains the baseline first (default recipe)
+
+Tutorial recipes (as a new user would write them from the tfmot guides):
+  tutorial-ptq        post-training int8 only
+  tutorial-qat        quantize_model + fine-tune (identical to our `qat` recipe)
+  tutorial-prune-ptq  polynomial 50% -> 80% pruning over the whole fine-tune (lr 1e-3, no distillation), then PTQ
+Ours: prune-pqat, prune-pqat-kd, cluster-cqat (see tflite_pipeline/recipes/).
+
+Each recipe runs through `tflite_pipeline.run` into OUT/<recipe>/ and the script prints one Markdown
+table (and writes OUT/summary.json): int8 top-1, drop vs the float baseline, agreement with the
+baseline and with the model it was converted from, sparsity of the pruned layers read from the
+flatbuffer, and gzip size relative to the baseline's PTQ int8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import tflite_pipeline as tp
+
+OURS = ("prune-pqat", "prune-pqat-kd", "cluster-cqat")
+TUTORIAL = {
+    "tutorial-ptq": ("ptq", {}),
+    "tutorial-qat": ("qat", {}),
+    "tutorial-prune-ptq": ("prune-pqat-kd", {"qat.enabled": False, "distill.enabled": False,
+                                             "prune.end_fraction": 1.0, "prune.learning_rate": 0.001,
+                                             "prune.epochs": 8}),  # same budget as prune-pqat-kd: 6 + 2 epochs
+}
+
+
+def _row(name: str, result: "tp.RunResult", baseline_gzip: int | None) -> dict:
+    artifact = result.report.artifacts[-1]
+    parity = result.report.parity.row(artifact.variant)
+    return {"recipe": name, "file": artifact.file, "keras_top1": result.report.parity.keras_top1,
+            "top1": parity.top1, "drop_pts": parity.top1_drop, "agreement_baseline": parity.agreement,
+            "agreement_source": parity.source_agreement, "pruned_sparsity": artifact.pruned_sparsity,
+            "size": artifact.size_bytes, "gzip": artifact.gzip_bytes,
+            "gzip_ratio": artifact.gzip_bytes / baseline_gzip if baseline_gzip else 1.0,
+            "seconds": result.report.seconds.get("total")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="float Keras baseline (.keras); default: train one with `default`")
+    parser.add_argument("--out", default="benchmarks/results/recipes", help="output folder (replaced)")
+    parser.add_argument("--only", nargs="*", help="run only these recipe names")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    baseline = args.baseline
+    if baseline is None:
+        result = tp.run(tp.load_recipe("default"), output_dir=out, run_name="baseline", overwrite=True)
+        baseline = str(result.run_dir / "mobilenet_v2_float.keras")
+    runs = {**TUTORIAL, **{name: (name, {}) for name in OURS}}
+    rows, baseline_gzip = [], None
+    for name, (recipe_name, overrides) in runs.items():
+        if args.only and name not in args.only:
+            continue
+        recipe = tp.load_recipe(recipe_name).with_overrides({
+            "model.source": baseline, "model.name": "mobilenet_v2", "train.epochs": 0, **overrides})
+        started = time.perf_counter()
+        result = tp.run(recipe, output_dir=out, run_name=name, overwrite=True)
+        row = _row(name, result, baseline_gzip)
+        if name == "tutorial-ptq":
+            baseline_gzip = row["gzip"]
+        rows.append(row)
+        print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print("| recipe | float Keras | int8 top-1 | drop (pts) | agree w/ baseline | agree w/ source | "
+          "pruned sparsity | gzip | gzip vs PTQ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        sparsity = "" if r["pruned_sparsity"] is None else f"{r['pruned_sparsity']:.1%}"
+        print(f"| {r['recipe']} | {r['keras_top1']:.2%} | {r['top1']:.2%} | {r['drop_pts']:+.2f} | "
+              f"{r['agreement_baseline']:.2%} | {r['agreement_source']:.2%} | {sparsity} | "
+              f"{r['gzip'] / 1024:,.0f} KiB | {r['gzip_ratio']:.2f}x |")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
