@@ -1,6 +1,8 @@
 """The tfmot stages on the tiny model: pruning (magnitude and 2:4), clustering, QAT/PQAT/CQAT,
 distillation, and one chained run whose int8 flatbuffer must keep the pruned zeros."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -51,6 +53,17 @@ def test_stage_report_shows_every_stage_side_by_side(pqat_run):
     markdown = (pqat_run.run_dir / "report.md").read_text()
     assert "## Stages (Keras side)" in markdown and "| pqat |" in markdown
     assert (pqat_run.run_dir / "tiny_pqat.h5").is_file()
+
+
+def test_cli_verify_of_an_optimized_run_gates_each_tflite_against_its_source(pqat_run, tmp_path, capsys):
+    from tflite_pipeline.cli import main
+
+    assert main(["verify", str(pqat_run.run_dir), "--max-top1-drop", "100", "--min-agreement", "0",
+                 "--json", str(tmp_path / "parity.json")]) == 0
+    (row,) = json.loads((tmp_path / "parity.json").read_text())["rows"]
+    assert row["variant"] == "tiny_pqat_int8" and row["source"] == "pqat Keras"
+    assert row["source_agreement"] == pqat_run.report.parity.row("pqat_int8").source_agreement
+    assert "(pqat Keras)" in capsys.readouterr().out
 
 
 def test_qat_model_saves_and_reloads_in_quantize_scope(tiny_model, tmp_path):

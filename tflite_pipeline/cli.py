@@ -136,10 +136,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .data import PreprocessSpec
-    from .pipeline import open_run_folder, recorded_validation_dir, verify_files
+    from .pipeline import open_run_folder, recorded_validation_dir, stage_sources, verify_files
     from .runfolder import atomic_write_json
 
     tflites: dict[str, Path] = {}
+    sources: dict = {}
     keras, labels, spec, data = args.keras, args.labels, None, args.data
     for raw in args.paths:
         path = Path(raw)
@@ -150,6 +151,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             spec = spec or PreprocessSpec.read_json(files["preprocessing"])
             data = data or recorded_validation_dir(files["report"])
             tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
+            sources.update(stage_sources(path))
         else:
             tflites[path.stem] = path
     if args.preprocessing:
@@ -162,7 +164,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if spec is not None and (args.normalization or args.mean or args.std):
         spec = None  # explicit flags win over the run folder's spec
     report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,
-                          config=recipe.verify)
+                          config=recipe.verify, sources=sources)
     print(report.format_table())
     if args.json_out:
         atomic_write_json(args.json_out, report.to_dict())

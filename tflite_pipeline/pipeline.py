@@ -28,7 +28,7 @@ from .runfolder import RunFolder, check_run_name
 from .cluster import check_clustering, cluster_weights, strip_clustering, unique_weights
 from .layers import select_layers
 from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
-from .quantize import quantize_aware, save_qat_model
+from .quantize import load_qat_model, quantize_aware, save_qat_model
 from .train import FineTuner, train_classifier
 from .verify import ParityReport, keras_accuracy, measure_parity
 
@@ -154,13 +154,13 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
     tuner = FineTuner(train=splits.train, spec=spec, batch_size=recipe.train.batch_size, seed=recipe.train.seed,
                       augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill, log=log)
     stages: list[OptimizedStage] = []
-    current, scheme, layers, extra = baseline, "default", [], {}
+    current, scheme, weights_info = baseline, "default", {}
 
-    def record(label: str, model: keras.Model, t0: float) -> StageRecord:
+    def record(label: str, model: keras.Model, t0: float, **weights_info) -> StageRecord:
         seconds[label] = round(time.perf_counter() - t0, 2)
         top1 = keras_accuracy(model, splits.validation, spec, recipe.verify.batch_size)
         log(f"  {label}: Keras top-1 {top1:.2%}")
-        return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), **extra)
+        return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), **weights_info)
 
     if recipe.prune.enabled:
         t0, p = time.perf_counter(), recipe.prune
@@ -171,23 +171,23 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
         current = strip_pruning(tuner.fit(wrapped, epochs=p.epochs, learning_rate=p.learning_rate,
                                           callbacks=pruning_callbacks()))
         sparsity = kernel_sparsity(current, layers)
-        extra = {"layers": tuple(layers), "sparsity": sum(sparsity.values()) / len(sparsity)}
+        weights_info = {"layers": tuple(layers), "sparsity": sum(sparsity.values()) / len(sparsity)}
         scheme = "prune_preserve"
-        stages.append(OptimizedStage("pruned", current, record("pruned", current, t0)))
+        stages.append(OptimizedStage("pruned", current, record("pruned", current, t0, **weights_info)))
     if recipe.cluster.enabled:
         t0, c = time.perf_counter(), recipe.cluster
         wrapped, layers = cluster_weights(current, c)
         log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
         current = strip_clustering(tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
-        extra = {"layers": tuple(layers), "clusters": max(unique_weights(current, layers).values())}
+        weights_info = {"layers": tuple(layers), "clusters": max(unique_weights(current, layers).values())}
         scheme = "cluster_preserve"
-        stages.append(OptimizedStage("clustered", current, record("clustered", current, t0)))
+        stages.append(OptimizedStage("clustered", current, record("clustered", current, t0, **weights_info)))
     if recipe.qat.enabled:
         t0, q = time.perf_counter(), recipe.qat
         label = _QAT_LABELS[scheme]
         log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
         current = tuner.fit(quantize_aware(current, scheme), epochs=q.epochs, learning_rate=q.learning_rate)
-        stages.append(OptimizedStage(label, current, record(label, current, t0), is_qat=True))
+        stages.append(OptimizedStage(label, current, record(label, current, t0, **weights_info), is_qat=True))
     return stages
 
 
@@ -216,6 +216,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         flatbuffers: dict[str, bytes] = {}
         sources: dict[str, tuple[str, keras.Model]] = {}
         artifacts = []
+        pruned = list(stages[0].record.layers) if stages and stages[0].record.sparsity is not None else []
         for variant, kind, source in jobs:
             log(f"[convert] {variant}" + (f" ({representative.num_samples} calibration images)"
                                           if kind == "int8" else ""))
@@ -226,9 +227,8 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             if source is not model:
                 sources[variant] = (f"{stages[-1].label} Keras", source)
             info = inspect_tflite(data)
-            pruned = stages[0].record.layers if stages and stages[0].record.sparsity is not None else ()
             artifacts.append(ModelArtifact.measure(variant, file, data, info,
-                                                   layer_sparsity=info.layer_sparsity(list(pruned))))
+                                                   layer_sparsity=info.layer_sparsity(pruned)))
         seconds["convert"] = round(time.perf_counter() - t0, 2)
 
         t0 = time.perf_counter()
@@ -277,10 +277,22 @@ def open_run_folder(run_dir: str | Path) -> dict[str, Path]:
             "report": run_dir / "report.json"}
 
 
+def stage_sources(run_dir: str | Path) -> dict[str, tuple[str, keras.Model]]:
+    """For a run folder with fine-tune stages: `<model>_<stage>_int8` -> (label, the stage's Keras model)."""
+    out = {}
+    for tflite in sorted(Path(run_dir).glob("*_int8.tflite")):
+        stem = tflite.stem.removesuffix("_int8")
+        for path, loader in ((tflite.with_name(f"{stem}.h5"), load_qat_model),
+                             (tflite.with_name(f"{stem}.keras"), load_model)):
+            if path.is_file():
+                out[tflite.stem] = (f"{stem.rsplit('_', 1)[-1]} Keras", loader(path))
+    return out
+
+
 def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path], data_dir: str | Path, *,
                  preprocessing: PreprocessSpec | None = None, preprocess: PreprocessConfig = PreprocessConfig(),
-                 labels: str | Path | None = None, config: VerifyConfig = VerifyConfig(), log: Log = _stderr
-                 ) -> ParityReport:
+                 labels: str | Path | None = None, config: VerifyConfig = VerifyConfig(),
+                 sources: Mapping[str, tuple[str, keras.Model]] | None = None, log: Log = _stderr) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
     it has one). Returns the report; call `.check()` to gate."""
     model = load_model(keras_path)
@@ -292,7 +304,7 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
     root = Path(data_dir)
     folder = ImageFolder.scan(root / "validation", class_names) if (root / "validation").is_dir() else \
         ImageFolder.scan(root, class_names)
-    return measure_parity(model, tflite_paths, folder, spec, config, log=log)
+    return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, log=log)
 
 
 def recorded_validation_dir(report_path: Path) -> Path:
