@@ -29,6 +29,7 @@ from .recipe import NORMALIZATIONS, PreprocessConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _DECODE_ERROR_TAG = "tflite_pipeline.DataError: "
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)  # what Pillow raises on bad files
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,8 @@ class PreprocessSpec:
                 image = _to_mode(image, "RGB" if self.channels == 3 else "L")
                 image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(image, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
-                            "remove or replace the file.") from None
+        except _DECODE_ERRORS as error:
+            raise _decode_error(path, error) from None
         return pixels.reshape(self.height, self.width, self.channels)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
@@ -249,9 +249,13 @@ def _check_identifiable(path: Path) -> None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
-                        "remove or replace the file.") from None
+    except _DECODE_ERRORS as error:
+        raise _decode_error(path, error) from None
+
+
+def _decode_error(path: str | Path, error: Exception) -> DataError:
+    return DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
+                     "remove or replace the file.")
 
 
 @contextlib.contextmanager
@@ -264,8 +268,7 @@ def data_errors():
     except tf.errors.OpError as error:
         message = error.message
         if _DECODE_ERROR_TAG in message:
-            detail = message.split(_DECODE_ERROR_TAG, 1)[1].splitlines()[0]
-            raise DataError(detail.split("\n")[0]) from None
+            raise DataError(message.split(_DECODE_ERROR_TAG, 1)[1].splitlines()[0]) from None
         raise
 
 

@@ -200,19 +200,16 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
     warnings = []
     with folder:
         t0 = time.perf_counter()
+        jobs = [(variant, variant, model) for variant in recipe.convert.variants]
+        if stages:
+            jobs.append((f"{stages[-1].label}_int8", "int8", stages[-1].model))
         representative = None
-        if "int8" in recipe.convert.variants:
+        if any(kind == "int8" for _, kind, _ in jobs):
             representative = representative_dataset(splits.calibration, spec, recipe.convert.calibration_samples,
                                                     seed=recipe.train.seed)
             if representative.num_samples < recipe.convert.calibration_samples:
                 warnings.append(f"calibration used {representative.num_samples} images, fewer than the "
                                 f"{recipe.convert.calibration_samples} asked for")
-        jobs = [(variant, variant, model) for variant in recipe.convert.variants]
-        if stages:
-            if representative is None:
-                representative = representative_dataset(splits.calibration, spec,
-                                                        recipe.convert.calibration_samples, seed=recipe.train.seed)
-            jobs.append((f"{stages[-1].label}_int8", "int8", stages[-1].model))
         flatbuffers: dict[str, bytes] = {}
         sources: dict[str, tuple[str, keras.Model]] = {}
         artifacts = []
