@@ -12,7 +12,7 @@ import tflite_pipeline as tp
 from tflite_pipeline.cluster import cluster_weights, strip_clustering, unique_weights
 from tflite_pipeline.distill import DistillationLoss
 from tflite_pipeline.prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
-from tflite_pipeline.quantize import load_qat_model, quantize_aware, save_qat_model
+from tflite_pipeline.quantize import activation_range_variables, load_qat_model, quantize_aware, save_qat_model
 from tflite_pipeline.recipe import ClusterConfig, DistillConfig, PruneConfig
 from tflite_pipeline.train import fit
 
@@ -40,7 +40,7 @@ def test_pqat_int8_flatbuffer_keeps_the_target_sparsity_on_pruned_layers(pqat_ru
     assert artifact.variant == "pqat_int8" and artifact.info.is_full_integer
     assert len(artifact.layer_sparsity) == len(pqat_run.report.stages[1].layers) > 20
     assert all(abs(s - 0.8) <= 0.02 for s in artifact.layer_sparsity.values()), artifact.layer_sparsity
-    assert "Conv1" not in artifact.layer_sparsity and "predictions" not in artifact.layer_sparsity
+    assert "Conv1" not in artifact.layer_sparsity and "predictions" in artifact.layer_sparsity  # recipe: stem only
     assert artifact.gzip_bytes < 0.6 * artifact.size_bytes  # zeros compress
 
 
@@ -72,6 +72,35 @@ def test_qat_model_saves_and_reloads_in_quantize_scope(tiny_model, tmp_path):
     reloaded = load_qat_model(path)
     x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(reloaded(x, training=False), qat(x, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["default", "prune_preserve", "cluster_preserve"])
+def test_qat_fake_quantizes_depthwise_kernels_per_channel_like_tflite(tiny_model, scheme):
+    """Each depthwise channel sits on its own int8 grid (max|w_c| / 127), the one the converter uses."""
+    qat = quantize_aware(tiny_model, scheme)
+    wrapper = next(layer for layer in qat.layers
+                   if type(getattr(layer, "layer", None)) is keras.layers.DepthwiseConv2D)
+    ((variable, quantizer, weights),) = wrapper._weight_vars
+    kernel = variable.numpy()
+    fake = quantizer(tf.constant(kernel), training=True, weights=weights).numpy()
+    step = np.abs(kernel).max(axis=(0, 1, 3)) / 127
+    assert np.ptp(step) > 0  # channels differ in range, so one per-tensor grid could not pass
+    np.testing.assert_allclose(fake / step[None, None, :, None], np.round(fake / step[None, None, :, None]),
+                               atol=1e-3)
+
+
+def test_qat_activation_ranges_start_from_the_calibration_data(tiny_model, tiny_data):
+    """tfmot starts every range at [-6, 6]; calibrated, a ReLU6 output's range is [0, <= 6] before any step."""
+    batches = [images for images, _ in tp.ImageFolder.scan(tiny_data / "calibration").batches(SPEC, 10)]
+    before = [v.numpy() for v in tiny_model.variables]
+    plain, calibrated = quantize_aware(tiny_model), quantize_aware(tiny_model, calibration=iter(batches))
+    ranges = {v.name.split(":")[0]: float(v.numpy()) for v in activation_range_variables(calibrated)}
+    assert {float(v.numpy()) for v in activation_range_variables(plain)} == {-6.0, 6.0}
+    assert abs(ranges["quant_out_relu/output_min"]) < 1e-6 and 0.0 < ranges["quant_out_relu/output_max"] <= 6.0
+    moving = [(a.numpy(), b.numpy()) for a, b in zip(plain.variables, calibrated.variables, strict=True)
+              if "moving_" in a.name]
+    assert moving and all(np.array_equal(a, b) for a, b in moving)  # BatchNorm statistics restored
+    assert all(np.array_equal(a, b) for a, b in zip(before, [v.numpy() for v in tiny_model.variables], strict=True))
 
 
 def test_pruning_does_not_touch_the_input_model(tiny_model):

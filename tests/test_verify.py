@@ -11,9 +11,10 @@ from tflite_pipeline.verify import LiteRTClassifier, dequantize, quantize
 
 def test_quantize_uses_scale_zero_point_and_saturates():
     x = np.array([-3.0, -1.0, 0.0, 1 / 128, 3 / 128, 1.0, 3.0], np.float32)  # exact in binary
-    # round half to even (0.5 -> 0, 1.5 -> 2), then add the zero point, then saturate
-    np.testing.assert_array_equal(quantize(x, 1 / 64, -1, np.int8), [-128, -65, -1, -1, 1, 63, 127])
-    np.testing.assert_array_equal(quantize(x, 1 / 64, 128, np.uint8), [0, 64, 128, 128, 130, 192, 255])
+    # ties round up (0.5 -> 1, 1.5 -> 2, -64.5 would give -64), then add the zero point, then saturate
+    np.testing.assert_array_equal(quantize(x, 1 / 64, -1, np.int8), [-128, -65, -1, 0, 1, 63, 127])
+    np.testing.assert_array_equal(quantize(x, 1 / 64, 128, np.uint8), [0, 64, 128, 129, 130, 192, 255])
+    np.testing.assert_array_equal(quantize(np.float32([-1.5, -0.5]), 1.0, 0, np.int8), [-1, 0])
     np.testing.assert_allclose(dequantize(np.array([-128, 127], np.int8), 1 / 256, -128), [0.0, 255 / 256])
 
 
@@ -39,6 +40,15 @@ def test_batched_and_one_by_one_inference_agree(tiny_run, tiny_data):
     single = np.concatenate([LiteRTClassifier(tiny_run.tflite_path("int8"), batch_size=1).predict(images[i:i + 1])
                              for i in range(len(images))])
     np.testing.assert_array_equal(batched, single)
+
+
+@pytest.mark.parametrize("kernels", ["builtin", "reference"])
+def test_every_litert_kernel_set_runs_the_int8_model_close_to_xnnpack(tiny_run, tiny_data, kernels):
+    spec = tp.PreprocessSpec(32, 32)
+    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 8))
+    xnnpack = LiteRTClassifier(tiny_run.tflite_path("int8")).predict(images)
+    other = LiteRTClassifier(tiny_run.tflite_path("int8"), kernels=kernels).predict(images)
+    assert np.abs(other - xnnpack).max() <= 4 / 256  # a few output steps of integer rounding apart
 
 
 def test_report_counts_every_validation_image(tiny_run):

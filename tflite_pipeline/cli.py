@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import PipelineError
-from .recipe import NORMALIZATIONS, VARIANTS, load_recipe, parse_override
+from .recipe import KERNELS, NORMALIZATIONS, VARIANTS, load_recipe, parse_override
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 def _add_gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-top1-drop", type=float, help="max top-1 loss vs Keras, percentage points (default 0.5)")
     p.add_argument("--min-agreement", type=float, help="min fraction of same top-1 as Keras (default 0.98)")
+    p.add_argument("--kernels", choices=KERNELS,
+                   help="LiteRT kernels to verify with: xnnpack (default; what phones run), builtin, or reference "
+                        "(plain integer arithmetic, slow; what the QAT simulation models most closely)")
 
 
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
@@ -86,6 +89,8 @@ def _gate_overrides(args: argparse.Namespace) -> dict[str, object]:
         out["verify.max_top1_drop"] = args.max_top1_drop
     if args.min_agreement is not None:
         out["verify.min_agreement"] = args.min_agreement
+    if args.kernels is not None:
+        out["verify.kernels"] = args.kernels
     return out
 
 

@@ -186,7 +186,12 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
         t0, q = time.perf_counter(), recipe.qat
         label = _QAT_LABELS[scheme]
         log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
-        current = tuner.fit(quantize_aware(current, scheme), epochs=q.epochs, learning_rate=q.learning_rate)
+        calibration = None
+        if q.calibrate_ranges:
+            subset = splits.calibration.subset(recipe.convert.calibration_samples, seed=recipe.train.seed)
+            calibration = (images for images, _ in subset.batches(spec, recipe.train.batch_size))
+        qat = quantize_aware(current, scheme, calibration=calibration)
+        current = tuner.fit(qat, epochs=q.epochs, learning_rate=q.learning_rate)
         stages.append(OptimizedStage(label, current, record(label, current, t0, **weights_info), is_qat=True))
     return stages
 

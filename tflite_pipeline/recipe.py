@@ -174,6 +174,11 @@ class ConvertConfig(_Section):
                  "an integer >= 1 (200 or more is advisable)")
 
 
+# LiteRT's kernel sets: XNNPACK (the default delegate on phones and here), the built-in optimized kernels,
+# and the reference kernels (slow, plain integer arithmetic: what the QAT simulation models most closely)
+KERNELS = ("xnnpack", "builtin", "reference")
+
+
 @dataclass(frozen=True)
 class VerifyConfig(_Section):
     """The parity gate: every .tflite against the float Keras model on the validation split."""
@@ -183,8 +188,10 @@ class VerifyConfig(_Section):
     min_agreement: float = 0.98    # fraction of images where the .tflite's top-1 equals Keras' top-1
     batch_size: int = 64
     num_threads: int = 2
+    kernels: str = "xnnpack"       # LiteRT kernels: xnnpack (what phones run), builtin, reference
 
     def __post_init__(self) -> None:
+        _require(self.kernels in KERNELS, self.section, "kernels", self.kernels, f"one of {KERNELS}")
         _require(0.0 <= self.max_top1_drop <= 100.0, self.section, "max_top1_drop", self.max_top1_drop,
                  "percentage points in [0, 100]")
         _require(0.0 <= self.min_agreement <= 1.0, self.section, "min_agreement", self.min_agreement,
@@ -271,6 +278,8 @@ class QATConfig(_Section):
     enabled: bool = False
     epochs: int = 2
     learning_rate: float = 1e-4
+    # start the activation ranges from the calibration split (false: tfmot's [-6, 6], moved 0.1% per step)
+    calibrate_ranges: bool = True
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, self.section, "epochs", self.epochs, "an integer >= 1")

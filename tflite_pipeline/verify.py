@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from .data import ImageFolder, PreprocessSpec
 from .errors import ModelError, ParityError, TFLiteFileError
@@ -23,14 +23,21 @@ _INTEGER_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
-    """Float input -> integer tensor values: `clip(round(x / scale) + zero_point)` (round half to even)."""
+    """Float input -> integer tensor values: `clip(floor(x / scale + 0.5) + zero_point)`.
+
+    Ties round up, as tfmot's fake quantization does (so a QAT model and its `.tflite` see the same input
+    integers) and as Kotlin/Java's `Math.round` does in the Android app."""
     low, high = _INTEGER_RANGES[np.dtype(dtype)]
-    return np.clip(np.round(x / np.float32(scale)) + zero_point, low, high).astype(dtype)
+    return np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)) + zero_point, low, high).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """Integer tensor values -> float: `(q - zero_point) * scale`."""
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+_OP_RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "reference": OpResolverType.BUILTIN_REF}
 
 
 class LiteRTClassifier:
@@ -39,10 +46,12 @@ class LiteRTClassifier:
     Batches through a dynamic batch dimension when the model has one, else one image per invoke.
     """
 
-    def __init__(self, model: str | Path | bytes, *, num_threads: int = 2, batch_size: int = 64) -> None:
+    def __init__(self, model: str | Path | bytes, *, num_threads: int = 2, batch_size: int = 64,
+                 kernels: str = "xnnpack") -> None:
         content, _ = read_flatbuffer(model)
         try:
-            self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            self._interpreter = Interpreter(model_content=content, num_threads=num_threads,
+                                            experimental_op_resolver_type=_OP_RESOLVERS[kernels])
         except (ValueError, RuntimeError) as error:
             raise TFLiteFileError(f"LiteRT cannot load the model: {error}") from None
         self._input = self._interpreter.get_input_details()[0]
@@ -117,6 +126,7 @@ class ParityReport:
     min_agreement: float
     data: str = ""
     class_names: tuple[str, ...] = field(default=(), repr=False)
+    kernels: str = "xnnpack"
 
     @property
     def passed(self) -> bool:
@@ -144,7 +154,7 @@ class ParityReport:
             lines.append(f"| {row.variant} .tflite | {row.top1:.2%} | {delta:+.2f} | {row.agreement:.2%} | "
                          f"{row.source_agreement:.2%} ({row.source}) | {row.top5:.2%} | {self.num_images} | {gate} |")
         lines.append(f"\nGate: top-1 drop vs float Keras <= {self.max_top1_drop:g} pts and agreement with the Keras "
-                     f"source >= {self.min_agreement:.0%}.")
+                     f"source >= {self.min_agreement:.0%}; LiteRT {self.kernels} kernels.")
         return "\n".join(lines)
 
     def check(self) -> "ParityReport":
@@ -170,7 +180,8 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
 
     check_labels(keras_model, folder.class_names, f"the data folder {str(folder.root)!r}")
     sources = dict(sources or {})
-    runners = {name: LiteRTClassifier(model, num_threads=config.num_threads, batch_size=config.batch_size)
+    runners = {name: LiteRTClassifier(model, num_threads=config.num_threads, batch_size=config.batch_size,
+                                      kernels=config.kernels)
                for name, model in tflite_models.items()}
     for name, runner in runners.items():
         if runner.num_classes != len(folder.class_names):
@@ -211,7 +222,7 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
                               source_agreement=source_agreement, source=source_label, failures=tuple(failures)))
     return ParityReport(num_images=len(y), keras_top1=keras_top1, keras_top5=_in_topk(reference, y), rows=tuple(rows),
                         max_top1_drop=config.max_top1_drop, min_agreement=config.min_agreement,
-                        data=str(folder.root), class_names=folder.class_names)
+                        data=str(folder.root), class_names=folder.class_names, kernels=config.kernels)
 
 
 def keras_accuracy(model, folder: ImageFolder, spec: PreprocessSpec, batch_size: int = 64) -> float:
