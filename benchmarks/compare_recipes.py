@@ -8,7 +8,9 @@ Tutorial recipes (as a new user would write them from the tfmot guides):
   tutorial-qat        quantize_model + fine-tune: activation ranges start at tfmot's [-6, 6]
   tutorial-prune-ptq  polynomial 50% -> 80% pruning over the whole fine-tune (lr 1e-3, no distillation), then PTQ
 Ours (tflite_pipeline/recipes/): qat (activation ranges calibrated first), prune-pqat, prune-pqat-kd,
-cluster-cqat. Every QAT stage here fake-quantizes depthwise kernels per channel, as TFLite stores them.
+cluster-cqat, and thin (MobileNetV2 width 0.2 trained from scratch like the baseline: no agreement with
+the baseline, its drop is against the baseline's top-1). Every QAT stage here fake-quantizes depthwise
+kernels per channel, as TFLite stores them.
 
 Each recipe runs through `tflite_pipeline.run` into OUT/<recipe>/ and the script prints one Markdown
 table (and writes OUT/summary.json): int8 top-1, drop vs the float baseline, agreement with the
@@ -27,6 +29,7 @@ from pathlib import Path
 import tflite_pipeline as tp
 
 OURS = ("qat", "prune-pqat", "prune-pqat-kd", "cluster-cqat")
+FROM_SCRATCH = ("thin",)  # a thinner network trained like the baseline, instead of a pruned one
 TUTORIAL = {
     "tutorial-ptq": ("ptq", {}),
     "tutorial-qat": ("qat", {"qat.calibrate_ranges": False}),
@@ -36,50 +39,62 @@ TUTORIAL = {
 }
 
 
-def _row(name: str, result: "tp.RunResult", baseline_gzip: int | None) -> dict:
+def _row(name: str, result: "tp.RunResult", reference: dict | None) -> dict:
+    """One table row; `reference` is the tutorial-ptq row (the baseline's float top-1 and PTQ gzip size)."""
     artifact = result.report.artifacts[-1]
     parity = result.report.parity.row(artifact.variant)
+    from_baseline = name not in FROM_SCRATCH
+    baseline_top1 = result.report.parity.keras_top1 if from_baseline else (reference or {}).get("keras_top1")
     return {"recipe": name, "file": artifact.file, "keras_top1": result.report.parity.keras_top1,
-            "top1": parity.top1, "drop_pts": parity.top1_drop, "agreement_baseline": parity.agreement,
+            "top1": parity.top1, "drop_pts": None if baseline_top1 is None else (baseline_top1 - parity.top1) * 100,
+            "agreement_baseline": parity.agreement if from_baseline else None,
             "agreement_source": parity.source_agreement, "pruned_sparsity": artifact.pruned_sparsity,
-            "size": artifact.size_bytes, "gzip": artifact.gzip_bytes,
-            "gzip_ratio": artifact.gzip_bytes / baseline_gzip if baseline_gzip else 1.0,
+            "parameters": result.report.stages[-1].parameters, "size": artifact.size_bytes,
+            "gzip": artifact.gzip_bytes, "gzip_ratio": artifact.gzip_bytes / reference["gzip"] if reference else None,
             "seconds": result.report.seconds.get("total")}
+
+
+def _cell(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="float Keras baseline (.keras); default: train one with `default`")
     parser.add_argument("--out", default="benchmarks/results/recipes", help="output folder (replaced)")
-    parser.add_argument("--only", nargs="*", help="run only these recipe names")
+    parser.add_argument("--only", nargs="*", help="run only these recipe names (tutorial-ptq gives the references)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     baseline = args.baseline
     if baseline is None:
         result = tp.run(tp.load_recipe("default"), output_dir=out, run_name="baseline", overwrite=True)
         baseline = str(result.run_dir / "mobilenet_v2_float.keras")
-    runs = {**TUTORIAL, **{name: (name, {}) for name in OURS}}
-    rows, baseline_gzip = [], None
+    runs = {**TUTORIAL, **{name: (name, {}) for name in OURS + FROM_SCRATCH}}
+    rows, reference = [], None
     for name, (recipe_name, overrides) in runs.items():
-        if args.only and name not in args.only:
+        if args.only and name not in args.only and name != "tutorial-ptq":
             continue
-        recipe = tp.load_recipe(recipe_name).with_overrides({
-            "model.source": baseline, "model.name": "mobilenet_v2", "train.epochs": 0, **overrides})
+        recipe = tp.load_recipe(recipe_name)
+        if name not in FROM_SCRATCH:
+            recipe = recipe.with_overrides({"model.source": baseline, "model.name": "mobilenet_v2",
+                                            "train.epochs": 0, **overrides})
+            if recipe.optimizes:  # only the optimized model's .tflite; tutorial-ptq has the baseline's
+                recipe = recipe.with_overrides({"convert.variants": []})
         started = time.perf_counter()
         result = tp.run(recipe, output_dir=out, run_name=name, overwrite=True)
-        row = _row(name, result, baseline_gzip)
+        row = _row(name, result, reference)
         if name == "tutorial-ptq":
-            baseline_gzip = row["gzip"]
+            reference = row
         rows.append(row)
         print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print("| recipe | float Keras | int8 top-1 | drop (pts) | agree w/ baseline | agree w/ source | "
-          "pruned sparsity | gzip | gzip vs PTQ |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| recipe | float Keras | int8 top-1 | drop vs baseline (pts) | agree w/ baseline | agree w/ source | "
+          "pruned sparsity | parameters | gzip | gzip vs PTQ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        sparsity = "" if r["pruned_sparsity"] is None else f"{r['pruned_sparsity']:.1%}"
-        print(f"| {r['recipe']} | {r['keras_top1']:.2%} | {r['top1']:.2%} | {r['drop_pts']:+.2f} | "
-              f"{r['agreement_baseline']:.2%} | {r['agreement_source']:.2%} | {sparsity} | "
-              f"{r['gzip'] / 1024:,.0f} KiB | {r['gzip_ratio']:.2f}x |")
+        print(f"| {r['recipe']} | {r['keras_top1']:.2%} | {r['top1']:.2%} | {_cell(r['drop_pts'], '+.2f')} | "
+              f"{_cell(r['agreement_baseline'], '.2%')} | {r['agreement_source']:.2%} | "
+              f"{_cell(r['pruned_sparsity'], '.1%')} | {r['parameters']:,} | {r['gzip'] / 1024:,.0f} KiB | "
+              f"{_cell(r['gzip_ratio'], '.2f')}x |")
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 

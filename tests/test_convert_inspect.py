@@ -40,6 +40,27 @@ def test_int8_weights_are_per_channel(tiny_run):
     assert weights and all(len(w.quantization.scale) == w.shape[0] > 1 for w in weights)
 
 
+def _keras_macs(model: keras.Model) -> int:
+    """Multiply-accumulates per image, counted from the Keras layers (an independent oracle)."""
+    total = 0
+    for layer in model.layers:
+        outputs = int(np.prod(layer.output_shape[1:]))
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            total += outputs * int(np.prod(layer.kernel_size))
+        elif isinstance(layer, keras.layers.Conv2D):
+            total += outputs * int(np.prod(layer.kernel_size)) * int(layer.input_shape[-1])
+        elif isinstance(layer, keras.layers.Dense):
+            total += outputs * int(layer.input_shape[-1])
+    return total
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_macs_read_from_the_flatbuffer_match_the_keras_layers(tiny_run, tiny_model, variant):
+    info = tp.inspect_tflite(tiny_run.tflite_path(variant))
+    assert info.macs == _keras_macs(tiny_model) > 1_000_000
+    assert f"MACs: {info.macs:,}" in info.format() and info.to_dict()["macs"] == info.macs
+
+
 def test_uint8_io_is_selectable(tiny_model, tiny_data):
     spec = tp.PreprocessSpec(32, 32)
     folder = tp.ImageFolder.scan(tiny_data / "calibration")

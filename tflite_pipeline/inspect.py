@@ -50,6 +50,7 @@ class WeightInfo:
     size: int
     sparsity: float          # fraction of exact zeros (int8 weights are symmetric: zero stays 0)
     max_unique: int          # most distinct values in one output channel (<= clusters after clustering)
+    macs: int = 0            # multiply-accumulates per image: output elements x weights per output channel
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class TFLiteInfo:
         return sum(w.sparsity * w.size for w in self.weights) / total if total else 0.0
 
     @property
+    def macs(self) -> int:
+        """Multiply-accumulates per image of the conv and fully-connected ops (the rest is comparatively free)."""
+        return sum(w.macs for w in self.weights)
+
+    @property
     def is_full_integer(self) -> bool:
         return not self.float_ops and all(t.dtype in ("int8", "uint8") for t in self.inputs + self.outputs)
 
@@ -88,6 +94,7 @@ class TFLiteInfo:
         out = asdict(self)
         out["is_full_integer"] = self.is_full_integer
         out["weight_sparsity"] = self.weight_sparsity
+        out["macs"] = self.macs
         return out
 
     def format(self) -> str:
@@ -96,7 +103,7 @@ class TFLiteInfo:
             quant = f"scale={t.scale:.6g} zero_point={t.zero_point}" if t.scale is not None else "not quantized"
             return f"  {kind:<6} {t.name:<28} shape={list(t.shape)} {t.dtype:<7} {quant}"
 
-        lines = [f"size: {self.size_bytes:,} bytes, parameters: {self.num_parameters:,}, "
+        lines = [f"size: {self.size_bytes:,} bytes, parameters: {self.num_parameters:,}, MACs: {self.macs:,}, "
                  f"weight sparsity: {self.weight_sparsity:.1%}",
                  f"full-integer: {'yes' if self.is_full_integer else 'no'}"]
         lines += [tensor_line("input", t) for t in self.inputs] + [tensor_line("output", t) for t in self.outputs]
@@ -207,7 +214,9 @@ def _weights(model: "schema.ModelT", graph: "schema.SubGraphT", op_names: list[s
         values = np.frombuffer(bytes(buffer.data), dtype=dtype)
         channels = values.reshape(int(tensor.shape[0]), -1) if name != "DEPTHWISE_CONV_2D" else \
             values.reshape(-1, int(tensor.shape[-1])).T
+        output_shape = graph.tensors[op.outputs[0]].shape  # batch 1 where the signature says -1
         out.append(WeightInfo(name=(tensor.name or b"").decode(errors="replace"), op=name, size=int(values.size),
                               sparsity=float(np.mean(values == 0)),
-                              max_unique=max(int(np.unique(row).size) for row in channels)))
+                              max_unique=max(int(np.unique(row).size) for row in channels),
+                              macs=int(np.prod(output_shape[1:])) * (values.size // len(channels))))
     return tuple(out)
