@@ -95,6 +95,14 @@ def test_cli_verify_a_run_folder_is_a_ci_gate(tiny_run, capsys, tmp_path):
                  "--preprocessing", str(tiny_run.run_dir / "preprocessing.json")]) == 0
 
 
+def test_cli_verify_runs_on_the_kernels_asked_for(tiny_run, tmp_path, capsys):
+    assert main(["verify", str(tiny_run.tflite_path("float32")), "--keras",
+                 str(tiny_run.run_dir / "mobilenet_v2_float.keras"), "--data", str(tiny_run.report.parity.data),
+                 "--kernels", "reference", "--min-agreement", "1.0", "--json", str(tmp_path / "parity.json")]) == 0
+    assert json.loads((tmp_path / "parity.json").read_text())["kernels"] == "reference"
+    assert "LiteRT reference kernels" in capsys.readouterr().out
+
+
 def test_cli_convert_users_model_with_uint8_io(tiny_run, tiny_data, tmp_path, capsys):
     model = tiny_run.run_dir / "mobilenet_v2_float.keras"
     user_model = tmp_path / "my classifier.keras"
