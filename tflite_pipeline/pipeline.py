@@ -135,6 +135,11 @@ def preflight(recipe: Recipe, model: keras.Model) -> None:
         quantize_aware(model)
 
 
+def calibration_images(splits: DatasetSplits, recipe: Recipe) -> ImageFolder:
+    """The calibration images every int8 step uses: QAT's activation ranges and the converter's."""
+    return splits.calibration.subset(recipe.convert.calibration_samples, seed=recipe.train.seed)
+
+
 @dataclass(frozen=True)
 class OptimizedStage:
     """A fine-tuned model and what it is: `label` names the stage (pruned, clustered, qat, pqat, cqat)."""
@@ -188,8 +193,8 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
         log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
         calibration = None
         if q.calibrate_ranges:
-            subset = splits.calibration.subset(recipe.convert.calibration_samples, seed=recipe.train.seed)
-            calibration = (images for images, _ in subset.batches(spec, recipe.train.batch_size))
+            calibration = (images for images, _ in
+                           calibration_images(splits, recipe).batches(spec, recipe.train.batch_size))
         qat = quantize_aware(current, scheme, calibration=calibration)
         current = tuner.fit(qat, epochs=q.epochs, learning_rate=q.learning_rate)
         stages.append(OptimizedStage(label, current, record(label, current, t0, **weights_info), is_qat=True))
@@ -210,8 +215,8 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             jobs.append((f"{stages[-1].label}_int8", "int8", stages[-1].model))
         representative = None
         if any(kind == "int8" for _, kind, _ in jobs):
-            representative = representative_dataset(splits.calibration, spec, recipe.convert.calibration_samples,
-                                                    seed=recipe.train.seed)
+            representative = representative_dataset(calibration_images(splits, recipe), spec,
+                                                    recipe.convert.calibration_samples)
             if representative.num_samples < recipe.convert.calibration_samples:
                 warnings.append(f"calibration used {representative.num_samples} images, fewer than the "
                                 f"{recipe.convert.calibration_samples} asked for")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
@@ -43,10 +42,7 @@ class DepthwiseWeightsQuantizer(_quant.quantizers.LastValueQuantizer):
 
     def build(self, tensor_shape, name, layer):
         channels = int(tensor_shape[-2]) * int(tensor_shape[-1])
-        initial = {"min": -6.0, "max": 6.0}
-        return {f"{bound}_var": layer.add_weight(f"{name}_{bound}", shape=(channels,), trainable=False,
-                                                 initializer=keras.initializers.Constant(value))
-                for bound, value in initial.items()}
+        return self._add_range_weights(layer, name, per_axis=True, tensor_shape=(channels,))
 
     def __call__(self, inputs, training, weights, **kwargs):
         kh, kw, channels, multiplier = inputs.shape
@@ -126,14 +122,14 @@ def quantize_aware(model: keras.Model, scheme: str = "default", *,
 
 
 _EMA_DECAY = 0.999  # tfmot's MovingAverageQuantizer
-_ACTIVATION_RANGES = ("output", "pre_activation", "post_activation")  # its variable names; weights use theirs
+# tfmot's variable names for activation ranges; weight ranges are named after the weight ("kernel_min")
+_ACTIVATION_RANGES = frozenset(f"{kind}_{bound}" for kind in ("output", "pre_activation", "post_activation")
+                               for bound in ("min", "max"))
 
 
 def activation_range_variables(qat_model: keras.Model) -> list[tf.Variable]:
     """The min/max variables of tfmot's moving-average activation quantizers in `qat_model`."""
-    return [v for v in qat_model.non_trainable_variables
-            if v.name.split("/")[-1].split(":")[0] in {f"{kind}_{bound}" for kind in _ACTIVATION_RANGES
-                                                       for bound in ("min", "max")}]
+    return [v for v in qat_model.non_trainable_variables if v.name.split("/")[-1].split(":")[0] in _ACTIVATION_RANGES]
 
 
 def calibrate_activation_ranges(qat_model: keras.Model, batches: Iterable[np.ndarray], passes: int = 2) -> int:
@@ -143,7 +139,7 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches: Iterable[np.nda
     A training-mode call moves each range by `(1 - decay) * (batch range - range)`, which gives the batch
     range back. The first pass measures under tfmot's initial [-6, 6] ranges upstream; each later pass
     measures again under the ranges the previous one found. The weight ranges are left as those calls set
-them (tfmot's first training step would set the same); BatchNorm statistics are restored.
+    them (tfmot's first training step would set the same); BatchNorm statistics are restored.
     """
     ranges = activation_range_variables(qat_model)
     if not ranges:
