@@ -1,8 +1,9 @@
-"""TFLite conversion: float32, and strict full-integer int8 with a representative dataset.
+"""TFLite conversion: float32, strict full-integer int8 with a representative dataset, and on request
+float16 (half-size weights, float compute) and dynamic-range (int8 weights, float activations).
 
 The int8 variant allows only `TFLITE_BUILTINS_INT8` kernels, quantizes weights per channel, and
 uses int8 (or uint8) input and output tensors. Any op left in float is an error naming the op,
-never a silently mixed model.
+never a silently mixed model (the accuracy-budgeted fallback in `diagnose.py` is a separate variant).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .data import ImageFolder, PreprocessSpec
 from .errors import ConversionError, DataError
 from .inspect import inspect_tflite
 from .models import image_input_shape
+from .recipe import ALL_VARIANTS
 
 RepresentativeDataset = Callable[[], Iterable[list[np.ndarray]]]
 MIN_CALIBRATION_SAMPLES = 10
@@ -71,11 +73,9 @@ def convert_float32(model: keras.Model) -> bytes:
     return _run(_converter(model), "float32")
 
 
-def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8") -> bytes:
-    """Strict full-integer `.tflite`: int8 kernels only, per-channel weights, `io_dtype` input/output.
-
-    Raises `ConversionError` naming the ops that cannot run in int8.
-    """
+def int8_converter(model: keras.Model, representative: RepresentativeDataset, *,
+                   io_dtype: str = "int8") -> tf.lite.TFLiteConverter:
+    """The converter set up for strict full-integer output (shared by `convert_int8` and the diagnosis)."""
     if io_dtype not in _IO_TYPES:
         raise ConversionError(f"Received io_dtype={io_dtype!r}; expected one of {sorted(_IO_TYPES)}.")
     converter = _converter(model)
@@ -84,7 +84,15 @@ def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, i
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = _IO_TYPES[io_dtype]
     converter.inference_output_type = _IO_TYPES[io_dtype]
-    flatbuffer = _run(converter, "full-integer int8")
+    return converter
+
+
+def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8") -> bytes:
+    """Strict full-integer `.tflite`: int8 kernels only, per-channel weights, `io_dtype` input/output.
+
+    Raises `ConversionError` naming the ops that cannot run in int8.
+    """
+    flatbuffer = _run(int8_converter(model, representative, io_dtype=io_dtype), "full-integer int8")
     leftovers = inspect_tflite(flatbuffer).float_ops
     if leftovers:
         computing = [op for op in leftovers if not op.startswith(("QUANTIZE ", "DEQUANTIZE "))] or list(leftovers)
@@ -94,13 +102,32 @@ def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, i
     return flatbuffer
 
 
+def convert_float16(model: keras.Model) -> bytes:
+    """Float16 weights (half the size), dequantized to float32 at load: float compute, float I/O."""
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    return _run(converter, "float16")
+
+
+def convert_dynamic_range(model: keras.Model) -> bytes:
+    """Dynamic-range quantization: int8 weights, activations quantized on the fly, float I/O; no calibration."""
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return _run(converter, "dynamic-range")
+
+
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
-            io_dtype: str = "int8") -> bytes:
-    """Dispatch on the variant name (`float32` or `int8`)."""
+                    io_dtype: str = "int8") -> bytes:
+    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`."""
     if variant == "float32":
         return convert_float32(model)
+    if variant == "float16":
+        return convert_float16(model)
+    if variant == "dynamic":
+        return convert_dynamic_range(model)
     if variant == "int8":
         if representative is None:
             raise ConversionError("The int8 variant needs a representative dataset (calibration images).")
         return convert_int8(model, representative, io_dtype=io_dtype)
-    raise ConversionError(f"Received variant={variant!r}; expected 'float32' or 'int8'.")
+    raise ConversionError(f"Received variant={variant!r}; expected one of {list(ALL_VARIANTS)}.")

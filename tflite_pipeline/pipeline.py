@@ -10,14 +10,14 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
 import tf_keras as keras
 
 from . import env
-from .convert import convert_variant, representative_dataset
+from .convert import RepresentativeDataset, convert_variant, representative_dataset
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
 from .errors import DataError, ModelError, OutputError
 from .inspect import inspect_tflite
@@ -30,7 +30,8 @@ from .layers import select_layers
 from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
 from .quantize import load_qat_model, quantize_aware, save_qat_model
 from .train import FineTuner, train_classifier
-from .verify import ParityReport, keras_accuracy, measure_parity
+from .diagnose import Diagnosis, FallbackResult, QuantizationDebug, accuracy_budgeted_fallback, top1_evaluator
+from .verify import ParityReport, ParityRow, keras_accuracy, measure_parity
 
 Log = Callable[[str], None]
 KERAS_FILE_SUFFIX = "_float.keras"
@@ -247,6 +248,39 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             warnings.append(f"the float model scores {parity.keras_top1:.1%} (chance is {chance:.1%}); it is not "
                             "a usable baseline (train longer, or lower model.bn_momentum)")
 
+        t0 = time.perf_counter()
+        ptq = {variant: source for variant, kind, source in jobs
+               if kind == "int8" and not (stages and source is stages[-1].model and stages[-1].is_qat)}
+        source_top1 = {variant: parity.keras_top1 if source is model else stages[-1].record.keras_top1
+                       for variant, source in ptq.items()}
+        diagnoses, fallbacks = [], []
+        for variant, source in ptq.items():
+            outcome = diagnose_and_repair(variant, source, parity.row(variant), source_top1[variant], splits, spec,
+                                          recipe, representative, log=log)
+            if outcome is None:
+                continue
+            diagnosis, fallback = outcome
+            diagnoses.append(diagnosis)
+            folder.write_text(f"{name}_{variant}_layers.csv", diagnosis.to_csv())
+            if fallback is None:
+                continue
+            fallbacks.append(fallback)
+            if fallback.model is None:
+                if not fallback.met:
+                    warnings.append(f"float fallback for {variant}: budget not met: {fallback.reason}")
+                continue
+            fallback_variant = f"{variant}_fallback"
+            file = f"{name}_{fallback_variant}.tflite"
+            folder.write_bytes(file, fallback.model)
+            artifacts.append(ModelArtifact.measure(fallback_variant, file, fallback.model,
+                                                   inspect_tflite(fallback.model)))
+            fallback_parity = measure_parity(model, {fallback_variant: fallback.model}, splits.validation, spec,
+                                             recipe.verify, sources={fallback_variant: sources[variant]}
+                                             if variant in sources else None, log=log)
+            parity = replace(parity, rows=parity.rows + fallback_parity.rows)
+        if diagnoses:
+            seconds["diagnose"] = round(time.perf_counter() - t0, 2)
+
         model.save(folder.path(f"{name}{KERAS_FILE_SUFFIX}"))
         for optimized in stages[-1:]:
             if optimized.is_qat:
@@ -265,12 +299,43 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
             stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params())),
                     *(s.record for s in stages)),
-            warnings=tuple(warnings))
+            warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks))
         folder.write_json("report.json", report.to_dict())
         folder.write_text("report.md", report.to_markdown())
     for warning in warnings:
         log(f"warning: {warning}")
     return report
+
+
+def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, source_top1: float,
+                        splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
+                        representative: RepresentativeDataset, *, log: Log = _stderr
+                        ) -> tuple[Diagnosis, FallbackResult | None] | None:
+    """Run the quantization debugger on a post-training int8 model when the recipe asks (always, or when
+    it failed the gate or misses the fallback budget), then the float fallback when it misses the budget.
+    Returns None when nothing was asked for."""
+    d = recipe.diagnose
+    drop = (source_top1 - row.top1) * 100.0
+    misses_budget = d.fallback and drop > d.max_top1_drop + 1e-9
+    if d.mode == "off" or (d.mode == "on_failure" and row.passed and not misses_budget):
+        return None
+    log(f"[diagnose] {variant}: per-layer quantization error on {d.samples} calibration images")
+    samples = representative_dataset(calibration_images(splits, recipe), spec, d.samples, seed=recipe.train.seed + 1)
+    debug = QuantizationDebug(source, representative, debug_samples=samples, io_dtype=recipe.convert.io_dtype,
+                              variant=variant)
+    diagnosis = debug.diagnose()
+    log("  worst layers (RMSE/scale): " + ", ".join(f"{e.short_name} {e.rmse_over_scale:.2f}"
+                                                   for e in diagnosis.worst(3)))
+    if not misses_budget:
+        return diagnosis, None
+    log(f"[fallback] {variant}: top-1 drop {drop:+.2f} pts > budget {d.max_top1_drop:g}; keeping the worst layers "
+        "in float one at a time")
+    evaluate = top1_evaluator(splits.validation, spec, batch_size=recipe.verify.batch_size,
+                              num_threads=recipe.verify.num_threads, kernels=recipe.verify.kernels)
+    fallback = accuracy_budgeted_fallback(debug, diagnosis, evaluate, reference_top1=source_top1,
+                                          max_top1_drop=d.max_top1_drop, max_float_fraction=d.max_float_fraction,
+                                          log=log)
+    return diagnosis, fallback
 
 
 def open_run_folder(run_dir: str | Path) -> dict[str, Path]:

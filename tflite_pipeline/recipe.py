@@ -24,7 +24,9 @@ from .errors import RecipeError
 BUNDLED_DATA = "<bundled>"
 NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
 IO_DTYPES = ("int8", "uint8")
-VARIANTS = ("float32", "int8")
+VARIANTS = ("float32", "int8")                      # exported by default
+EXTRA_VARIANTS = ("float16", "dynamic")             # on request: float16 weights; int8 weights, float activations
+ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
 
 
 def _require(ok: bool, section: str, name: str, value: Any, expected: str) -> None:
@@ -165,8 +167,8 @@ class ConvertConfig(_Section):
     calibration_samples: int = 300      # representative images drawn from the calibration split
 
     def __post_init__(self) -> None:
-        _require(set(self.variants) <= set(VARIANTS), self.section, "variants", self.variants,
-                 f"a list drawn from {list(VARIANTS)}")
+        _require(set(self.variants) <= set(ALL_VARIANTS), self.section, "variants", self.variants,
+                 f"a list drawn from {list(ALL_VARIANTS)}")
         _require(len(set(self.variants)) == len(self.variants), self.section, "variants", self.variants,
                  "no repeated variant")
         _require(self.io_dtype in IO_DTYPES, self.section, "io_dtype", self.io_dtype, f"one of {IO_DTYPES}")
@@ -303,9 +305,38 @@ class DistillConfig(_Section):
         _require(0.0 <= self.alpha <= 1.0, self.section, "alpha", self.alpha, "a value in [0, 1]")
 
 
+DIAGNOSE_MODES = ("off", "on_failure", "always")
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig(_Section):
+    """TFLite's quantization debugger on the post-training int8 models, and the accuracy-budgeted fallback.
+
+    The fallback keeps the worst layers in float one by one (a separate `*_fallback.tflite`; the strict
+    int8 model is unchanged) until the top-1 drop vs the Keras source is <= `max_top1_drop`.
+    """
+
+    section: ClassVar[str] = "diagnose"
+    mode: str = "on_failure"         # off | on_failure (an int8 model failed the gate or the budget) | always
+    samples: int = 64                # calibration images the per-layer comparison runs on
+    fallback: bool = False           # build the float-fallback variant when an int8 model misses the budget
+    max_top1_drop: float = 0.3       # the fallback's budget: percentage points vs the Keras source
+    max_float_fraction: float = 0.1  # at most this fraction of the quantized layers may stay float
+
+    def __post_init__(self) -> None:
+        _require(self.mode in DIAGNOSE_MODES, self.section, "mode", self.mode, f"one of {DIAGNOSE_MODES}")
+        _require(self.samples >= 1, self.section, "samples", self.samples, "an integer >= 1")
+        _require(0.0 <= self.max_top1_drop <= 100.0, self.section, "max_top1_drop", self.max_top1_drop,
+                 "percentage points in [0, 100]")
+        _require(0.0 < self.max_float_fraction <= 1.0, self.section, "max_float_fraction", self.max_float_fraction,
+                 "a fraction in (0, 1]")
+        _require(not (self.fallback and self.mode == "off"), self.section, "fallback", self.fallback,
+                 "false when `diagnose.mode='off'` (the fallback ranks layers by the diagnosis)")
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, PruneConfig, ClusterConfig,
-                                 QATConfig, DistillConfig, ConvertConfig, VerifyConfig)
+                                 QATConfig, DistillConfig, ConvertConfig, VerifyConfig, DiagnoseConfig)
 }
 
 
@@ -325,6 +356,7 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
     def __post_init__(self) -> None:
         if self.prune.enabled and self.cluster.enabled:

@@ -6,6 +6,7 @@ import gzip
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .diagnose import Diagnosis, FallbackResult
 from .inspect import TFLiteInfo
 from .verify import ParityReport
 
@@ -69,6 +70,8 @@ class RunReport:
     seconds: dict[str, float]
     warnings: tuple[str, ...] = field(default=())
     stages: tuple[StageRecord, ...] = ()
+    diagnoses: tuple[Diagnosis, ...] = ()
+    fallbacks: tuple[FallbackResult, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -79,6 +82,7 @@ class RunReport:
             "run_name": self.run_name, "passed": self.passed, "warnings": list(self.warnings),
             "parity": self.parity.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "stages": [asdict(stage) for stage in self.stages],
+            "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe,
         }

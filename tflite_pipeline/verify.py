@@ -43,57 +43,160 @@ _OP_RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILT
 class LiteRTClassifier:
     """A `.tflite` classifier in the LiteRT interpreter that takes and returns float arrays.
 
-    Batches through a dynamic batch dimension when the model has one, else one image per invoke.
+    Runs `num_threads` single-threaded interpreters side by side, each on its own chunk of up to
+    `batch_size` images (through a dynamic batch dimension when the model has one, else the model's
+    own batch). Measured on 2 shared cores (`benchmarks/verify_throughput.py`), this is as fast as one
+    interpreter with `num_threads` threads when the CPU is idle and much faster when it is busy, because
+    no thread waits for a preempted one at every op. Integer inputs are quantized in place straight
+    into each interpreter's input tensor (same values as `quantize`). For batch-1 latency use `bench`.
     """
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int = 2, batch_size: int = 64,
                  kernels: str = "xnnpack") -> None:
         content, _ = read_flatbuffer(model)
         try:
-            self._interpreter = Interpreter(model_content=content, num_threads=num_threads,
-                                            experimental_op_resolver_type=_OP_RESOLVERS[kernels])
+            self._interpreters = [Interpreter(model_content=content, num_threads=1,
+                                              experimental_op_resolver_type=_OP_RESOLVERS[kernels])
+                                  for _ in range(max(1, num_threads))]
         except (ValueError, RuntimeError) as error:
             raise TFLiteFileError(f"LiteRT cannot load the model: {error}") from None
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._input = self._interpreters[0].get_input_details()[0]
+        self._output = self._interpreters[0].get_output_details()[0]
         signature = self._input.get("shape_signature", self._input["shape"])
-        self.max_batch = batch_size if len(signature) and signature[0] == -1 else int(self._input["shape"][0])
-        self._allocated_batch = 0
+        self._dynamic = bool(len(signature) and signature[0] == -1)
+        self.max_batch = max(1, batch_size) if self._dynamic else int(self._input["shape"][0])
+        self._allocated = [0] * len(self._interpreters)
+        self._scratch: list[np.ndarray | None] = [None] * len(self._interpreters)
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.num_classes = int(self._output["shape"][-1])
 
-    def _ensure_batch(self, n: int) -> None:
-        if n != self._allocated_batch:
-            if n != int(self._input["shape"][0]) or self._allocated_batch:
-                self._interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
-            self._interpreter.allocate_tensors()
-            self._allocated_batch = n
+    def _ensure_batch(self, worker: int, n: int) -> None:
+        if n != self._allocated[worker]:
+            interpreter = self._interpreters[worker]
+            if n != int(self._input["shape"][0]) or self._allocated[worker]:
+                interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
+            interpreter.allocate_tensors()
+            self._allocated[worker] = n
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Float scores `[N, num_classes]` for preprocessed float images `[N, H, W, C]`."""
-        if tuple(images.shape[1:]) != self.input_shape:
-            raise ModelError(f"Received images of shape {tuple(images.shape[1:])}; this .tflite expects "
-                             f"{self.input_shape}.")
+    def _set_input(self, worker: int, chunk: np.ndarray) -> None:
+        """Write `chunk` into the input tensor, quantized with its scale and zero point if integer."""
         in_dtype = np.dtype(self._input["dtype"])
-        in_scale, in_zero = self._input["quantization"]
+        view = self._interpreters[worker].tensor(self._input["index"])()
+        if in_dtype not in _INTEGER_RANGES:
+            np.copyto(view, chunk, casting="unsafe")
+        elif chunk.dtype != np.float32:
+            np.copyto(view, quantize(chunk, *self._input["quantization"], in_dtype))
+        else:  # quantize() step by step in one reused float32 buffer: the same values, no temporaries
+            scale, zero_point = self._input["quantization"]
+            scratch = self._scratch[worker]
+            if scratch is None or len(scratch) < len(chunk):
+                scratch = self._scratch[worker] = np.empty(chunk.shape, np.float32)
+            x = scratch[:len(chunk)]
+            np.divide(chunk, np.float32(scale), out=x)
+            np.add(x, np.float32(0.5), out=x)
+            np.floor(x, out=x)
+            np.add(x, zero_point, out=x)
+            np.clip(x, *_INTEGER_RANGES[in_dtype], out=x)
+            np.copyto(view, x, casting="unsafe")
+        del view  # the interpreter refuses to run while a view of its buffers is alive
+
+    def _run(self, worker: int, images: np.ndarray) -> np.ndarray:
+        """Float scores of `images` on one interpreter, in steps of the model's batch when it is fixed."""
+        interpreter = self._interpreters[worker]
         out_scale, out_zero = self._output["quantization"]
+        step = len(images) if self._dynamic else self.max_batch
         scores = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start:start + self.max_batch]
-            self._ensure_batch(len(chunk))
-            tensor = quantize(chunk, in_scale, in_zero, in_dtype) if in_dtype in _INTEGER_RANGES else \
-                chunk.astype(in_dtype)
-            self._interpreter.set_tensor(self._input["index"], tensor)
-            self._interpreter.invoke()
-            out = self._interpreter.get_tensor(self._output["index"])
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            self._ensure_batch(worker, len(chunk))
+            self._set_input(worker, chunk)
+            interpreter.invoke()
+            out = interpreter.get_tensor(self._output["index"])
             scores.append(dequantize(out, out_scale, out_zero) if out.dtype in _INTEGER_RANGES else
                           out.astype(np.float32))
         return np.concatenate(scores)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Float scores `[N, num_classes]` for preprocessed float images `[N, H, W, C]`."""
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ModelError(f"Received images of shape {tuple(images.shape[1:])}; this .tflite expects "
+                             f"{self.input_shape}.")
+        workers = len(self._interpreters)
+        size = self.max_batch
+        if self._dynamic and len(images) < workers * size:  # a short call still uses every interpreter
+            size = max(1, -(-len(images) // workers))
+        spans = [(start, min(start + size, len(images))) for start in range(0, len(images), size)]
+        if not spans:
+            return np.zeros((0, self.num_classes), np.float32)
+        if workers == 1 or len(spans) == 1:
+            return np.concatenate([self._run(0, images[a:b]) for a, b in spans])
+        free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for worker in range(workers):
+            free.put(worker)
+
+        def task(span: tuple[int, int]) -> np.ndarray:  # the next free interpreter takes the next chunk
+            worker = free.get()
+            try:
+                return self._run(worker, images[span[0]:span[1]])
+            finally:
+                free.put(worker)
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="litert") as pool:
+            return np.concatenate(list(pool.map(task, spans)))
 
 
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best classes, best first; ties go to the lower class index (like argmax)."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+_PROBABILITY_FLOOR = 1e-6  # int8 softmax outputs are often exactly 0: KL needs a floor
+
+
+def probabilities(scores: np.ndarray, are_probabilities: bool) -> np.ndarray:
+    """Rows that sum to 1: softmax of logits, or probabilities floored at 1e-6 and renormalized."""
+    if are_probabilities:
+        p = np.maximum(scores.astype(np.float64), _PROBABILITY_FLOOR)
+    else:
+        z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+        p = np.maximum(np.exp(z), _PROBABILITY_FLOOR)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class _Tally:
+    """Streaming counts for one model: top-5 per image, a confusion matrix, and output similarity to a
+    reference model's outputs on the same batch (cosine of the raw outputs, KL(reference || this))."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.top: list[np.ndarray] = []
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.cosine_sum = self.kl_sum = 0.0
+
+    def add(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        top = _topk(scores, min(5, scores.shape[1]))
+        self.top.append(top)
+        np.add.at(self.confusion, (labels, top[:, 0]), 1)
+        return top
+
+    def compare(self, scores: np.ndarray, reference: np.ndarray, are_probabilities: bool) -> None:
+        a, b = scores.astype(np.float64), reference.astype(np.float64)
+        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        self.cosine_sum += float(np.sum(np.sum(a * b, axis=1) / norms))
+        p, q = probabilities(reference, are_probabilities), probabilities(scores, are_probabilities)
+        self.kl_sum += float(np.sum(p * (np.log(p) - np.log(q))))
+
+    def tops(self) -> np.ndarray:
+        return np.concatenate(self.top)
+
+
+def per_class_top1(confusion: np.ndarray) -> tuple[float, ...]:
+    """Recall per class from a confusion matrix (rows: true class); NaN for a class with no images."""
+    totals = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tuple(float(x) for x in np.diag(confusion) / totals)
 
 
 @dataclass(frozen=True)
@@ -108,6 +211,10 @@ class ParityRow:
     source_agreement: float     # ... as the Keras model this .tflite was converted from (gated)
     source: str = "float Keras"
     failures: tuple[str, ...] = ()
+    source_cosine: float = 1.0  # mean cosine similarity of the outputs (logits or probabilities) to the source's
+    source_kl: float = 0.0      # mean KL(source || .tflite) of the class probabilities, nats
+    per_class_top1: tuple[float, ...] = ()
+    confusion: tuple[tuple[int, ...], ...] = field(default=(), repr=False)  # rows: true class, cols: predicted
 
     @property
     def passed(self) -> bool:
@@ -127,6 +234,8 @@ class ParityReport:
     data: str = ""
     class_names: tuple[str, ...] = field(default=(), repr=False)
     kernels: str = "xnnpack"
+    keras_per_class_top1: tuple[float, ...] = ()
+    keras_confusion: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
 
     @property
     def passed(self) -> bool:
@@ -144,17 +253,29 @@ class ParityReport:
     def format_table(self) -> str:
         """A Markdown table: the Keras reference first, then one row per `.tflite`."""
         lines = ["| model | top-1 | Δ top-1 vs float Keras (pts) | agreement with float Keras | agreement with "
-                 "its Keras source | top-5 | images | gate |",
-                 "|---|---:|---:|---:|---:|---:|---:|---|",
-                 f"| float Keras | {self.keras_top1:.2%} | | | | {self.keras_top5:.2%} | {self.num_images} "
+                 "its Keras source | cosine / KL vs source | top-5 | images | gate |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+                 f"| float Keras | {self.keras_top1:.2%} | | | | | {self.keras_top5:.2%} | {self.num_images} "
                  "| reference |"]
         for row in self.rows:
             gate = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
             delta = round(-row.top1_drop, 2) + 0.0  # no "-0.00"
             lines.append(f"| {row.variant} .tflite | {row.top1:.2%} | {delta:+.2f} | {row.agreement:.2%} | "
-                         f"{row.source_agreement:.2%} ({row.source}) | {row.top5:.2%} | {self.num_images} | {gate} |")
+                         f"{row.source_agreement:.2%} ({row.source}) | {row.source_cosine:.4f} / {row.source_kl:.4f} | "
+                         f"{row.top5:.2%} | {self.num_images} | {gate} |")
         lines.append(f"\nGate: top-1 drop vs float Keras <= {self.max_top1_drop:g} pts and agreement with the Keras "
                      f"source >= {self.min_agreement:.0%}; LiteRT {self.kernels} kernels.")
+        return "\n".join(lines)
+
+    def format_per_class(self) -> str:
+        """A Markdown table of top-1 per class: float Keras and every `.tflite`."""
+        names = self.class_names or tuple(str(i) for i in range(len(self.keras_per_class_top1)))
+        lines = ["| class | images | float Keras | " + " | ".join(row.variant for row in self.rows) + " |",
+                 "|---|---:|---:|" + "---:|" * len(self.rows)]
+        counts = [sum(r) for r in self.keras_confusion]
+        for i, name in enumerate(names):
+            cells = [self.keras_per_class_top1[i], *(row.per_class_top1[i] for row in self.rows)]
+            lines.append(f"| {name} | {counts[i]} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
         return "\n".join(lines)
 
     def check(self) -> "ParityReport":
@@ -165,6 +286,10 @@ class ParityReport:
         return self
 
 
+def _matrix(confusion: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in row) for row in confusion)
+
+
 def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder,
                    spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
                    sources: Mapping[str, tuple[str, Any]] | None = None,
@@ -173,56 +298,69 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
 
     `sources` maps a `.tflite` name to `(label, keras model)` it was converted from (default: the
     float model itself, as for post-training quantization). The gate: top-1 drop vs the float model
-    <= `max_top1_drop` and agreement with the source >= `min_agreement`. Returns the report whether or
-    not it passes; call `.check()` to gate. Raises `ModelError` for a class-count mismatch.
+    <= `max_top1_drop` and agreement with the source >= `min_agreement`. Per model it also counts a
+    confusion matrix, and against the source: mean cosine similarity of the outputs and KL divergence
+    of the probabilities. Returns the report whether or not it passes; call `.check()` to gate.
+    Raises `ModelError` for a class-count mismatch.
     """
-    from .models import check_labels
+    from .models import check_labels, outputs_probabilities
 
     check_labels(keras_model, folder.class_names, f"the data folder {str(folder.root)!r}")
+    num_classes = len(folder.class_names)
     sources = dict(sources or {})
     runners = {name: LiteRTClassifier(model, num_threads=config.num_threads, batch_size=config.batch_size,
                                       kernels=config.kernels)
                for name, model in tflite_models.items()}
     for name, runner in runners.items():
-        if runner.num_classes != len(folder.class_names):
+        if runner.num_classes != num_classes:
             raise ModelError(f"The {name} .tflite outputs {runner.num_classes} classes but the data has "
-                             f"{len(folder.class_names)}.")
+                             f"{num_classes}.")
     kerases = {id(keras_model): keras_model, **{id(m): m for _, m in sources.values()}}
+    source_of = {name: id(sources.get(name, ("", keras_model))[1]) for name in runners}
+    softmax = {key: outputs_probabilities(model) for key, model in kerases.items()}
+    keras_tally = {key: _Tally(num_classes) for key in kerases}
+    tflite_tally = {name: _Tally(num_classes) for name in runners}
     labels: list[np.ndarray] = []
-    keras_top: dict[int, list[np.ndarray]] = {key: [] for key in kerases}
-    tflite_top: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     done = 0
     for images, batch_labels in folder.batches(spec, config.batch_size):
         labels.append(batch_labels)
-        for key, model in kerases.items():
-            keras_top[key].append(_topk(np.asarray(model(images, training=False)), 5))
+        keras_scores = {key: np.asarray(model(images, training=False)) for key, model in kerases.items()}
+        for key, scores in keras_scores.items():
+            keras_tally[key].add(scores, batch_labels)
         for name, runner in runners.items():
-            tflite_top[name].append(_topk(runner.predict(images), 5))
+            scores = runner.predict(images)
+            tflite_tally[name].add(scores, batch_labels)
+            key = source_of[name]
+            tflite_tally[name].compare(scores, keras_scores[key], softmax[key])
         done += len(images)
         if done % (config.batch_size * 10) < config.batch_size or done == len(folder):
             log(f"  verified {done}/{len(folder)} images")
     y = np.concatenate(labels)
-    tops = {key: np.concatenate(parts) for key, parts in keras_top.items()}
-    reference = tops[id(keras_model)]
+    reference_tally = keras_tally[id(keras_model)]
+    reference = reference_tally.tops()
     keras_top1 = float(np.mean(reference[:, 0] == y))
     rows = []
-    for name, parts in tflite_top.items():
-        top = np.concatenate(parts)
-        source_label, source_model = sources.get(name, ("float Keras", keras_model))
+    for name, tally in tflite_tally.items():
+        top = tally.tops()
+        source_label = sources.get(name, ("float Keras", keras_model))[0]
         top1 = float(np.mean(top[:, 0] == y))
         drop = (keras_top1 - top1) * 100.0
         agreement = float(np.mean(top[:, 0] == reference[:, 0]))
-        source_agreement = float(np.mean(top[:, 0] == tops[id(source_model)][:, 0]))
+        source_agreement = float(np.mean(top[:, 0] == keras_tally[source_of[name]].tops()[:, 0]))
         failures = []
         if drop > config.max_top1_drop + 1e-9:
             failures.append(f"top-1 drop {drop:.2f} pts > {config.max_top1_drop:g}")
         if source_agreement < config.min_agreement - 1e-12:
             failures.append(f"agreement {source_agreement:.2%} < {config.min_agreement:.2%}")
         rows.append(ParityRow(variant=name, top1=top1, top5=_in_topk(top, y), top1_drop=drop, agreement=agreement,
-                              source_agreement=source_agreement, source=source_label, failures=tuple(failures)))
+                              source_agreement=source_agreement, source=source_label, failures=tuple(failures),
+                              source_cosine=tally.cosine_sum / len(y), source_kl=tally.kl_sum / len(y),
+                              per_class_top1=per_class_top1(tally.confusion), confusion=_matrix(tally.confusion)))
     return ParityReport(num_images=len(y), keras_top1=keras_top1, keras_top5=_in_topk(reference, y), rows=tuple(rows),
                         max_top1_drop=config.max_top1_drop, min_agreement=config.min_agreement,
-                        data=str(folder.root), class_names=folder.class_names, kernels=config.kernels)
+                        data=str(folder.root), class_names=folder.class_names, kernels=config.kernels,
+                        keras_per_class_top1=per_class_top1(reference_tally.confusion),
+                        keras_confusion=_matrix(reference_tally.confusion))
 
 
 def keras_accuracy(model, folder: ImageFolder, spec: PreprocessSpec, batch_size: int = 64) -> float:
