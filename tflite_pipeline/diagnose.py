@@ -46,10 +46,14 @@ class LayerError:
 
     @property
     def short_name(self) -> str:
-        """The Keras layer the tensor comes from, e.g. `block_6_project` (for tables and plots)."""
-        first = self.tensor.split(";")[0]
-        parts = first.split("/")
-        return parts[1] if len(parts) > 2 else first
+        return layer_name(self.tensor)
+
+
+def layer_name(tensor: str) -> str:
+    """The Keras layer a converter tensor name comes from, e.g. `block_6_project_BN` (for tables and plots)."""
+    first = tensor.split(";")[0]
+    parts = first.split("/")
+    return parts[1] if len(parts) > 2 else first
 
 
 @dataclass(frozen=True)
@@ -200,15 +204,13 @@ class FallbackResult:
         lines = [f"Budget: top-1 drop <= {self.max_top1_drop:g} pts vs the Keras source "
                  f"({self.reference_top1:.2%}), at most {self.max_float_layers} of {self.quantized_layers} layers "
                  f"in float: **{status}**. {self.reason}", "",
-                 "| float layers | last layer kept in float | top-1 | drop (pts) |", "|---:|---|---:|---:|"]
+                 "| float layers | added at this step | top-1 | drop (pts) |", "|---:|---|---:|---:|"]
+        previous: tuple[str, ...] = ()
         for step in self.steps:
-            last = f"`{_short(step.float_layers[-1])}`" if step.float_layers else "(strict int8)"
-            lines.append(f"| {len(step.float_layers)} | {last} | {step.top1:.2%} | {step.drop:+.2f} |")
+            added = ", ".join(f"`{layer_name(t)}`" for t in step.float_layers[len(previous):]) or "(strict int8)"
+            lines.append(f"| {len(step.float_layers)} | {added} | {step.top1:.2%} | {step.drop:+.2f} |")
+            previous = step.float_layers
         return "\n".join(lines)
-
-
-def _short(tensor: str) -> str:
-    return LayerError(0, "", tensor, 0.0, 0.0, 0.0, 0.0).short_name
 
 
 def accuracy_budgeted_fallback(debug: QuantizationDebug, diagnosis: Diagnosis, evaluate: Callable[[bytes], float], *,
@@ -233,7 +235,7 @@ def accuracy_budgeted_fallback(debug: QuantizationDebug, diagnosis: Diagnosis, e
         model = debug.quantize(float_layers)
         top1 = evaluate(model)
         steps.append(FallbackStep(float_layers, top1, (reference_top1 - top1) * 100.0))
-        log(f"  fallback: {len(float_layers)} float layer(s) {' '.join(_short(t) for t in float_layers)} -> top-1 "
+        log(f"  fallback: {len(float_layers)} float layer(s) {' '.join(layer_name(t) for t in float_layers)} -> top-1 "
             f"{top1:.2%} (drop {steps[-1].drop:+.2f} pts)")
         if steps[-1].drop <= max_top1_drop + 1e-9:
             reason = ("the strict int8 model already fits the budget" if not float_layers else

@@ -25,6 +25,7 @@ from .models import MOBILENET_V2, build_mobilenet_v2, check_labels, image_input_
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport, StageRecord
 from .runfolder import RunFolder, check_run_name
+from .bench import LatencyResult, cpu_description, measure_latency
 from .cluster import check_clustering, cluster_weights, strip_clustering, unique_weights
 from .layers import select_layers
 from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
@@ -235,7 +236,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             if source is not model:
                 sources[variant] = (f"{stages[-1].label} Keras", source)
             info = inspect_tflite(data)
-            artifacts.append(ModelArtifact.measure(variant, file, data, info,
+            artifacts.append(ModelArtifact.measure(variant, file, data, info, latency=_latency(data, recipe),
                                                    layer_sparsity=info.layer_sparsity(pruned)))
         seconds["convert"] = round(time.perf_counter() - t0, 2)
 
@@ -273,7 +274,8 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             file = f"{name}_{fallback_variant}.tflite"
             folder.write_bytes(file, fallback.model)
             artifacts.append(ModelArtifact.measure(fallback_variant, file, fallback.model,
-                                                   inspect_tflite(fallback.model)))
+                                                   inspect_tflite(fallback.model),
+                                                   latency=_latency(fallback.model, recipe)))
             fallback_parity = measure_parity(model, {fallback_variant: fallback.model}, splits.validation, spec,
                                              recipe.verify, sources={fallback_variant: sources[variant]}
                                              if variant in sources else None, log=log)
@@ -299,12 +301,23 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
             stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params())),
                     *(s.record for s in stages)),
-            warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks))
+            warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks),
+            machine=cpu_description())
         folder.write_json("report.json", report.to_dict())
         folder.write_text("report.md", report.to_markdown())
+        figures = report.figures()
+        for file, png in figures.items():
+            folder.write_bytes(file, png)
+        folder.write_text("report.html", report.to_html(figures))
     for warning in warnings:
         log(f"warning: {warning}")
     return report
+
+
+def _latency(model: bytes, recipe: Recipe) -> LatencyResult | None:
+    b = recipe.bench
+    return measure_latency(model, threads=b.threads, runs=b.runs, warmup=b.warmup,
+                           kernels=recipe.verify.kernels) if b.enabled else None
 
 
 def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, source_top1: float,

@@ -334,9 +334,25 @@ class DiagnoseConfig(_Section):
                  "false when `diagnose.mode='off'` (the fallback ranks layers by the diagnosis)")
 
 
+@dataclass(frozen=True)
+class BenchConfig(_Section):
+    """Latency of every exported `.tflite` in the run report (LiteRT, batch 1, median of `runs` invokes)."""
+
+    section: ClassVar[str] = "bench"
+    enabled: bool = True
+    threads: int = 1
+    runs: int = 30
+    warmup: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.threads >= 1, self.section, "threads", self.threads, "an integer >= 1")
+        _require(self.runs >= 1, self.section, "runs", self.runs, "an integer >= 1")
+        _require(self.warmup >= 0, self.section, "warmup", self.warmup, "an integer >= 0")
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, PruneConfig, ClusterConfig,
-                                 QATConfig, DistillConfig, ConvertConfig, VerifyConfig, DiagnoseConfig)
+                                 QATConfig, DistillConfig, ConvertConfig, VerifyConfig, DiagnoseConfig, BenchConfig)
 }
 
 
@@ -357,6 +373,7 @@ class Recipe:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
         if self.prune.enabled and self.cluster.enabled:

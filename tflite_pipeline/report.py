@@ -1,12 +1,16 @@
-"""The run report: `report.json` for machines and `report.md` for people, written into the run folder."""
+"""The run report: `report.json` for machines; `report.md` and a self-contained `report.html` (plots
+embedded) for people, with the same plots as `report_*.png` in the run folder."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import html
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .diagnose import Diagnosis, FallbackResult
+from .bench import LatencyResult
+from .diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, layer_name
 from .inspect import TFLiteInfo
 from .verify import ParityReport
 
@@ -38,12 +42,14 @@ class ModelArtifact:
     gzip_bytes: int
     info: TFLiteInfo
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # pruned layers, read from the flatbuffer
+    latency: LatencyResult | None = None                            # LiteRT, batch 1, on the run's machine
 
     @classmethod
     def measure(cls, variant: str, file: str, data: bytes, info: TFLiteInfo,
-                layer_sparsity: dict[str, float] | None = None) -> "ModelArtifact":
+                layer_sparsity: dict[str, float] | None = None, latency: LatencyResult | None = None
+                ) -> "ModelArtifact":
         return cls(variant=variant, file=file, size_bytes=len(data), gzip_bytes=gzip_size(data), info=info,
-                   layer_sparsity=dict(layer_sparsity or {}))
+                   layer_sparsity=dict(layer_sparsity or {}), latency=latency)
 
     @property
     def pruned_sparsity(self) -> float | None:
@@ -72,6 +78,7 @@ class RunReport:
     stages: tuple[StageRecord, ...] = ()
     diagnoses: tuple[Diagnosis, ...] = ()
     fallbacks: tuple[FallbackResult, ...] = ()
+    machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
 
     @property
     def passed(self) -> bool:
@@ -84,8 +91,80 @@ class RunReport:
             "stages": [asdict(stage) for stage in self.stages],
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
-            "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe,
+            "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
         }
+
+    def artifact(self, variant: str) -> ModelArtifact | None:
+        return next((a for a in self.artifacts if a.variant == variant), None)
+
+    def _fallback_cost(self, variant: str) -> str:
+        strict, fallback = self.artifact(variant), self.artifact(f"{variant}_fallback")
+        if strict is None or fallback is None:
+            return ""
+        text = f"Cost: size {fallback.size_bytes / strict.size_bytes:.2f}x the strict int8 model"
+        if strict.latency and fallback.latency:
+            text += f", latency {fallback.latency.median_ms / strict.latency.median_ms:.2f}x (same run, same threads)"
+        return text + "."
+
+    @property
+    def figures_available(self) -> bool:
+        return bool(self.artifacts)
+
+    def figure_titles(self) -> dict[str, str]:
+        """File name -> title of every plot this report has."""
+        titles = {"report_accuracy_vs_size.png": "Top-1 vs gzip size",
+                  "report_stages.png": "Top-1 at each stage"}
+        if any(a.latency for a in self.artifacts):
+            titles["report_accuracy_vs_latency.png"] = "Top-1 vs latency"
+        if self.parity.keras_per_class_top1:
+            titles["report_per_class.png"] = "Top-1 per class"
+        for d in self.diagnoses:
+            titles[f"report_layers_{d.variant}.png"] = f"Per-layer quantization error of {d.variant}"
+        return titles
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG bytes of every plot in `figure_titles()`."""
+        from . import plots
+
+        rows = {row.variant: row for row in self.parity.rows}
+        measured = [a for a in self.artifacts if a.variant in rows]
+        out = {"report_accuracy_vs_size.png": plots.tradeoff(
+            [plots.ModelPoint(a.variant, rows[a.variant].top1, a.gzip_bytes / 1024) for a in measured],
+            cost_label="gzip size (KiB)", title="Top-1 vs compressed size (Pareto front ringed)",
+            baseline_top1=self.parity.keras_top1)}
+        timed = [a for a in measured if a.latency]
+        if timed:
+            out["report_accuracy_vs_latency.png"] = plots.tradeoff(
+                [plots.ModelPoint(a.variant, rows[a.variant].top1, a.latency.median_ms) for a in timed],
+                cost_label=f"latency, median ms ({timed[0].latency.threads} thread(s), "
+                           f"{self.machine.get('summary', 'this CPU')})",
+                title="Top-1 vs latency (Pareto front ringed)", baseline_top1=self.parity.keras_top1)
+        names = [f"{s.name} (Keras)" for s in self.stages] + [f"{v} .tflite" for v in rows]
+        values = [s.keras_top1 for s in self.stages] + [row.top1 for row in rows.values()]
+        out["report_stages.png"] = plots.stage_bars(names, values)
+        if self.parity.keras_per_class_top1:
+            series = {"float Keras": self.parity.keras_per_class_top1,
+                      **{row.variant: row.per_class_top1 for row in self.parity.rows}}
+            out["report_per_class.png"] = plots.per_class(self.parity.class_names, series)
+        float_kept = {f.variant: set(f.float_layers) for f in self.fallbacks if f.met}
+        for d in self.diagnoses:
+            out[f"report_layers_{d.variant}.png"] = plots.layer_errors(
+                [e.short_name for e in d.layers], [e.rmse_over_scale for e in d.layers], ideal=IDEAL_RMSE_OVER_SCALE,
+                highlight=[e.short_name for e in d.layers if e.tensor in float_kept.get(d.variant, set())],
+                title=f"Per-layer quantization error of {d.variant}")
+        return out
+
+    def to_html(self, figures: dict[str, bytes]) -> str:
+        """One self-contained HTML page: the Markdown report with every plot embedded as a data URI."""
+        import markdown
+
+        text = self.to_markdown()
+        for file, png in figures.items():
+            text = text.replace(f"]({file})", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+        body = markdown.markdown(text, extensions=["tables"])
+        return ("<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+                f"<title>{html.escape(self.run_name)}: tflite_pipeline report</title><style>{_CSS}</style></head>"
+                f"<body>{body}</body></html>\n")
 
     def to_markdown(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
@@ -104,20 +183,50 @@ class RunReport:
                              f"| {len(st.layers) or ''} | {'' if st.sparsity is None else f'{st.sparsity:.1%}'} | "
                              f"{st.clusters or ''} | {st.parameters:,} |")
             lines.append("")
-        lines += ["## Files", "", "| variant | file | size | gzip | weight sparsity (all / pruned layers) | "
-                  "full-integer | input | output |", "|---|---|---:|---:|---:|---|---|---|"]
+        lines += ["## Files", "", "| variant | file | size | gzip | latency median / p90 | weight sparsity (all / "
+                  "pruned layers) | full-integer | input | output |", "|---|---|---:|---:|---:|---:|---|---|---|"]
         for a in self.artifacts:
             i, o = a.info.inputs[0], a.info.outputs[0]
             pruned = "" if a.pruned_sparsity is None else f" / {a.pruned_sparsity:.1%}"
+            latency = "" if a.latency is None else f"{a.latency.median_ms:.2f} / {a.latency.p90_ms:.2f} ms"
             lines.append(f"| {a.variant} | `{a.file}` | {a.size_bytes / 1024:,.1f} KiB | "
-                         f"{a.gzip_bytes / 1024:,.1f} KiB | {a.info.weight_sparsity:.1%}{pruned} | "
+                         f"{a.gzip_bytes / 1024:,.1f} KiB | {latency} | {a.info.weight_sparsity:.1%}{pruned} | "
                          f"{'yes' if a.info.is_full_integer else 'no'} | {_io(i)} | {_io(o)} |")
+        timed = [a.latency for a in self.artifacts if a.latency is not None]
+        if timed:
+            lines += ["", f"Latency: LiteRT {timed[0].kernels}, batch 1, {timed[0].threads} thread(s), median of "
+                      f"{timed[0].runs} invokes after {timed[0].warmup} warm-up, measured on "
+                      f"{self.machine.get('summary', 'this machine')} ({self.machine.get('model', 'unknown CPU')}, "
+                      f"{self.machine.get('usable_cpus', '?')} usable cores). "
+                      "Int8 is not faster than float on every CPU: read these as this machine's numbers only "
+                      "(see `tflite-pipeline bench`)."]
+        lines += ["", "## Per class (top-1)", "", self.parity.format_per_class()]
+        for diagnosis in self.diagnoses:
+            lines += ["", f"## Quantization diagnosis: `{diagnosis.variant}`", "", diagnosis.format_table(),
+                      "", f"All layers: `{self.model['name']}_{diagnosis.variant}_layers.csv`."]
+        for fallback in self.fallbacks:
+            lines += ["", f"## Float fallback: `{fallback.variant}`", "", fallback.format_table()]
+            if fallback.model is not None:
+                kept = ", ".join(f"`{layer_name(t)}`" for t in fallback.float_layers)
+                lines += ["", f"Kept in float: {kept}. The strict `{fallback.variant}` model is unchanged; "
+                          f"`{fallback.variant}_fallback` has float ops (not for int8-only accelerators)."]
+                cost = self._fallback_cost(fallback.variant)
+                if cost:
+                    lines += ["", cost]
+        if self.figures_available:
+            lines += ["", "## Plots", ""] + [f"![{title}]({file})" for file, title in self.figure_titles().items()]
         lines += ["", "## Preprocessing", "", f"`{self.preprocessing['formula']}` on "
                   f"{self.preprocessing['channel_order']} pixels resized ({self.preprocessing['resize']}) to "
                   f"{self.preprocessing['height']}x{self.preprocessing['width']}; see `preprocessing.json`.", "",
                   "## Time", "", " · ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()), "",
                   "## Versions", "", " · ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:3px 8px}"
+        "th{background:#f0f0f0}td{text-align:right}td:first-child{text-align:left}img{max-width:100%;"
+        "display:block;margin:1em 0}code{background:#f4f4f4;padding:0 3px}blockquote{color:#a40;margin-left:0}")
 
 
 def _io(t) -> str:
