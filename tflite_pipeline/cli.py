@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/labels.txt gives the class order (else sorted folder names)")
     p.add_argument("--labels", help="labels.txt giving the class order (default: DIR/labels.txt, else sorted "
                                     "folder names, which must then match the model's training order)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from float32,int8")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated, from float32,int8 (default) and float16,dynamic (dynamic-range)")
     p.add_argument("--io-dtype", choices=("int8", "uint8"), default="int8", help="int8 model input/output dtype")
     p.add_argument("--calibration-samples", type=int, default=300, help="representative images (default 300)")
     _add_preprocess_options(p)
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("inspect", help="show a .tflite's I/O, quantization, ops and float leftovers")
     p.add_argument("file", help="a .tflite file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = commands.add_parser("bench", help="batch-1 latency, size and peak memory of .tflite files on this CPU")
+    p.add_argument("files", nargs="+", metavar="FILE.tflite", help=".tflite files, timed side by side")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4], help="thread counts (default: 1 2 4)")
+    p.add_argument("--runs", type=int, default=50, help="timed invokes per model and thread count (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed invokes first (default 5)")
+    p.add_argument("--kernels", choices=KERNELS, default="xnnpack", help="LiteRT kernels (default: xnnpack)")
+    p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
 
     commands.add_parser("recipes", help="list the bundled recipes")
     return parser
@@ -185,6 +195,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_models, bench_report, cpu_description, format_table
+    from .runfolder import atomic_write_json
+
+    cpu = cpu_description()
+    print(f"bench on {cpu['model']} ({cpu['summary']}, os.cpu_count() = {cpu['logical_cpus']})", file=sys.stderr)
+    benchmarks = bench_models(args.files, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                              kernels=args.kernels, memory=not args.no_memory,
+                              log=lambda line: print(line, file=sys.stderr))
+    print(format_table(benchmarks, cpu))
+    if args.json_out:
+        atomic_write_json(args.json_out, bench_report(benchmarks, cpu))
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .recipe import bundled_recipes
 
@@ -194,7 +219,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "inspect": _cmd_inspect,
-             "recipes": _cmd_recipes}
+             "bench": _cmd_bench, "recipes": _cmd_recipes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

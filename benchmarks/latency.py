@@ -1,0 +1,97 @@
+"""Batch-1 latency of MobileNetV2 as float32 and full-integer int8 .tflite, side by side on this CPU.
+
+    .venv/bin/python benchmarks/latency.py                            # width 1.0, 224x224, 1000 classes
+    .venv/bin/python benchmarks/latency.py --alpha 0.35 --size 96 --threads 1 2
+
+The model has random weights (`weights=None`; nothing is downloaded) and the int8 model is calibrated
+on ~20 seeded random images: kernel speed does not depend on weight values, so this measures latency,
+not accuracy. Converted files are cached in OUT/ (reused unless --rebuild). Both models are timed in
+one run, interleaved, at each thread count (`tflite_pipeline.bench`), and the printed table states
+the CPU/ISA and the int8/float32 latency ratio per thread count. Writes OUT/<model>_bench.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tflite_pipeline as tp  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tflite_pipeline.bench import bench_models, bench_report, cpu_description, format_table
+from tflite_pipeline.runfolder import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def random_representative(size: int, count: int, seed: int = 0):
+    """Converter-ready generator factory: `count` seeded random images in [-1, 1] (MobileNetV2's range)."""
+    def generate():
+        rng = np.random.default_rng(seed)
+        for _ in range(count):
+            yield [rng.uniform(-1.0, 1.0, (1, size, size, 3)).astype(np.float32)]
+    return generate
+
+
+def convert_pair(out: Path, *, alpha: float, size: int, classes: int, calibration: int, rebuild: bool
+                 ) -> tuple[Path, Path]:
+    """The cached (float32, int8) .tflite files of MobileNetV2 `alpha` at `size`x`size`, converting if needed."""
+    stem = f"mobilenet_v2_{alpha:g}_{size}_{classes}"
+    float32, int8 = out / f"{stem}_float32.tflite", out / f"{stem}_int8.tflite"
+    if float32.is_file() and int8.is_file() and not rebuild:
+        _log(f"[latency] reusing {float32} and {int8} (pass --rebuild to convert again)")
+        return float32, int8
+    from tflite_pipeline.convert import convert_float32, convert_int8
+    from tflite_pipeline.models import build_mobilenet_v2
+
+    started = time.perf_counter()
+    model = build_mobilenet_v2(classes, size, alpha=alpha, weights=None, seed=0)
+    _log(f"[latency] built {model.name}: {model.count_params():,} parameters; converting float32")
+    atomic_write_bytes(float32, convert_float32(model))
+    _log(f"[latency] converting int8 (calibration: {calibration} random images)")
+    atomic_write_bytes(int8, convert_int8(model, random_representative(size, calibration)))
+    _log(f"[latency] converted in {time.perf_counter() - started:.0f} s")
+    return float32, int8
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier (default 1.0)")
+    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--classes", type=int, default=1000, help="output classes (default 1000)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4], help="thread counts (default 1 2 4)")
+    parser.add_argument("--runs", type=int, default=50, help="timed invokes per model and thread count")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed invokes first")
+    parser.add_argument("--kernels", default="xnnpack", choices=("xnnpack", "builtin", "reference"))
+    parser.add_argument("--calibration", type=int, default=20, help="random calibration images (default 20)")
+    parser.add_argument("--out", default="benchmarks/results/latency", help="cache and output folder")
+    parser.add_argument("--rebuild", action="store_true", help="convert again even if cached files exist")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        float32, int8 = convert_pair(out, alpha=args.alpha, size=args.size, classes=args.classes,
+                                     calibration=args.calibration, rebuild=args.rebuild)
+        cpu = cpu_description()
+        _log(f"[latency] timing on {cpu['model']} ({cpu['summary']}, os.cpu_count() = {cpu['logical_cpus']})")
+        benchmarks = bench_models([float32, int8], threads=args.threads, runs=args.runs, warmup=args.warmup,
+                                  kernels=args.kernels, memory=not args.no_memory, log=_log)
+    except tp.PipelineError as error:
+        print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
+        return error.exit_code
+    table = format_table(benchmarks, cpu)
+    title = (f"# MobileNetV2 {args.alpha:g} at {args.size}x{args.size}, {args.classes} classes: batch-1 latency "
+             "in LiteRT\n\n")
+    print(table)
+    stem = float32.name.removesuffix("_float32.tflite")
+    atomic_write_text(out / f"{stem}_bench.md", title + table + "\n")
+    atomic_write_json(out / f"{stem}_bench.json", bench_report(benchmarks, cpu))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
