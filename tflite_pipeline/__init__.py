@@ -28,6 +28,8 @@ _LAZY = {
     "representative_dataset": "convert",
     "inspect_tflite": "inspect", "TFLiteInfo": "inspect",
     "LiteRTClassifier": "verify", "ParityReport": "verify", "measure_parity": "verify",
+    "QuantizationDebug": "diagnose", "accuracy_budgeted_fallback": "diagnose", "top1_evaluator": "diagnose",
+    "measure_latency": "bench", "bench_models": "bench", "cpu_description": "bench",
     "RunReport": "report",
     "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
 }
