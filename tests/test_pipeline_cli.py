@@ -10,7 +10,9 @@ from tflite_pipeline.cli import main
 from tflite_pipeline.runfolder import atomic_write_bytes
 
 EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_float.keras",
-                  "labels.txt", "preprocessing.json", "report.json", "report.md"}
+                  "labels.txt", "preprocessing.json", "report.json", "report.md", "report.html",
+                  "report_accuracy_vs_size.png", "report_accuracy_vs_latency.png", "report_stages.png",
+                  "report_per_class.png"}
 
 
 def test_run_folder_holds_every_artifact(tiny_run):
