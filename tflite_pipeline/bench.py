@@ -31,7 +31,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from .errors import RecipeError, TFLiteFileError
-from .inspect import inspect_tflite, read_flatbuffer
+from .inspect import gzip_size, inspect_tflite, read_flatbuffer
 from .verify import _OP_RESOLVERS
 
 _X86_FEATURES = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
@@ -324,8 +324,6 @@ def bench_models(paths: Sequence[str | Path], *, threads: Sequence[int] = (1, 2,
     are split into rounds interleaved across the models. Raises `TFLiteFileError` for a file that is
     not a usable `.tflite` and `RecipeError` for bad settings.
     """
-    from .report import gzip_size  # here, not at the top: report.py imports TensorFlow (via diagnose)
-
     _check_settings(threads=list(threads), runs=runs, warmup=warmup, kernels=kernels)
     if not paths:
         raise RecipeError("Received no model files; pass one or more .tflite paths.")

@@ -341,8 +341,8 @@ def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, sourc
                                                    for e in diagnosis.worst(3)))
     if not misses_budget:
         return diagnosis, None
-    log(f"[fallback] {variant}: top-1 drop {drop:+.2f} pts > budget {d.max_top1_drop:g}; keeping the worst layers "
-        "in float one at a time")
+    log(f"[fallback] {variant}: top-1 drop {drop:+.2f} pts > budget {d.max_top1_drop:g}; keeping layers in "
+        "float one step at a time")
     evaluate = top1_evaluator(splits.validation, spec, batch_size=recipe.verify.batch_size,
                               num_threads=recipe.verify.num_threads, kernels=recipe.verify.kernels)
     fallback = accuracy_budgeted_fallback(debug, diagnosis, evaluate, reference_top1=source_top1,

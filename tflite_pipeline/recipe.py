@@ -312,7 +312,7 @@ DIAGNOSE_MODES = ("off", "on_failure", "always")
 class DiagnoseConfig(_Section):
     """TFLite's quantization debugger on the post-training int8 models, and the accuracy-budgeted fallback.
 
-    The fallback keeps the worst layers in float one by one (a separate `*_fallback.tflite`; the strict
+    The fallback keeps layers in float one step at a time (a separate `*_fallback.tflite`; the strict
     int8 model is unchanged) until the top-1 drop vs the Keras source is <= `max_top1_drop`.
     """
 

@@ -4,20 +4,14 @@ embedded) for people, with the same plots as `report_*.png` in the run folder.""
 from __future__ import annotations
 
 import base64
-import gzip
 import html
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .bench import LatencyResult
 from .diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, layer_name
-from .inspect import TFLiteInfo
+from .inspect import TFLiteInfo, gzip_size
 from .verify import ParityReport
-
-
-def gzip_size(data: bytes) -> int:
-    """Bytes after gzip -9: what a pruned or clustered model costs in an APK or a download."""
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ class LiteRTClassifier:
     `batch_size` images (through a dynamic batch dimension when the model has one, else the model's
     own batch). Measured on 2 shared cores (`benchmarks/verify_throughput.py`), this is as fast as one
     interpreter with `num_threads` threads when the CPU is idle and much faster when it is busy, because
-    no thread waits for a preempted one at every op. Integer inputs are quantized in place straight
-    into each interpreter's input tensor (same values as `quantize`). For batch-1 latency use `bench`.
+    no thread waits for a preempted one at every op. Integer inputs are quantized with `quantize` straight
+    into each interpreter's input tensor. For batch-1 latency use `bench`.
     """
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int = 2, batch_size: int = 64,
@@ -66,7 +66,6 @@ class LiteRTClassifier:
         self._dynamic = bool(len(signature) and signature[0] == -1)
         self.max_batch = max(1, batch_size) if self._dynamic else int(self._input["shape"][0])
         self._allocated = [0] * len(self._interpreters)
-        self._scratch: list[np.ndarray | None] = [None] * len(self._interpreters)
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.num_classes = int(self._output["shape"][-1])
 
@@ -82,22 +81,10 @@ class LiteRTClassifier:
         """Write `chunk` into the input tensor, quantized with its scale and zero point if integer."""
         in_dtype = np.dtype(self._input["dtype"])
         view = self._interpreters[worker].tensor(self._input["index"])()
-        if in_dtype not in _INTEGER_RANGES:
-            np.copyto(view, chunk, casting="unsafe")
-        elif chunk.dtype != np.float32:
+        if in_dtype in _INTEGER_RANGES:
             np.copyto(view, quantize(chunk, *self._input["quantization"], in_dtype))
-        else:  # quantize() step by step in one reused float32 buffer: the same values, no temporaries
-            scale, zero_point = self._input["quantization"]
-            scratch = self._scratch[worker]
-            if scratch is None or len(scratch) < len(chunk):
-                scratch = self._scratch[worker] = np.empty(chunk.shape, np.float32)
-            x = scratch[:len(chunk)]
-            np.divide(chunk, np.float32(scale), out=x)
-            np.add(x, np.float32(0.5), out=x)
-            np.floor(x, out=x)
-            np.add(x, zero_point, out=x)
-            np.clip(x, *_INTEGER_RANGES[in_dtype], out=x)
-            np.copyto(view, x, casting="unsafe")
+        else:
+            np.copyto(view, chunk, casting="unsafe")
         del view  # the interpreter refuses to run while a view of its buffers is alive
 
     def _run(self, worker: int, images: np.ndarray) -> np.ndarray:
