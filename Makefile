@@ -1,28 +1,49 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
-#   make demo   set up .venv, train + convert + verify on the bundled dataset -> models/demo/
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make demo   set up, train + convert + verify on the bundled dataset -> models/demo/, export to android_demo/
+#   make test   set up and run the test suite (what CI runs)
+# Setup makes three things: .venv (the package), .venv-tflite2.14 (an older TFLite runtime that exported models
+# must load in; it needs numpy 1.x, hence its own venv) and, through apt when missing, the Kotlin 1.3 compiler,
+# JUnit 4 and Android's org.json that run the app's pure-Kotlin logic on the JVM.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LEGACY := .venv-tflite2.14
+LEGACY_STAMP := $(LEGACY)/.installed
+JVM_JARS := /usr/share/java/junit4.jar /usr/share/java/hamcrest-core.jar /usr/share/java/json-android.jar
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup legacy-runtime jvm-tools demo test test-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+$(LEGACY_STAMP):
+	@test -x $(LEGACY)/bin/python || $(PYTHON) -m venv $(LEGACY)
+	@$(LEGACY)/bin/python -m pip install -qq --disable-pip-version-check "tflite-runtime==2.14.0" "numpy<2" \
+	  && touch $(LEGACY_STAMP) \
+	  || echo "warning: tflite-runtime 2.14.0 has no wheel for this Python/platform; the TFLite 2.14 check is skipped"
 
-demo: $(STAMP)
+legacy-runtime: $(LEGACY_STAMP)
+
+jvm-tools:
+	@if command -v kotlinc >/dev/null && for jar in $(JVM_JARS); do test -f $$jar || exit 1; done; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin junit4 libandroid-json-org-java >/dev/null; \
+	else echo "warning: install Debian's kotlin, junit4 and libandroid-json-org-java to run the app's Kotlin tests"; fi
+
+setup: $(STAMP) legacy-runtime jvm-tools
+
+demo: setup
 	$(BIN)/tflite-pipeline run --recipe default --run-name demo --overwrite
+	$(BIN)/tflite-pipeline export-android models/demo
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LEGACY) build *.egg-info

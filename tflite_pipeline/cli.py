@@ -1,7 +1,8 @@
 """`tflite-pipeline`: a thin CLI over the Python API. `main(argv) -> exit code`, in process.
 
 Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 dependencies,
-4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder.
+4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder,
+11 a model the Android app or a target runtime cannot run.
 """
 
 from __future__ import annotations
@@ -89,8 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
 
+    p = commands.add_parser("export-android", help="check a run's models in LiteRT and TFLite 2.14, then copy "
+                                                   "them, labels, model_config.json and golden vectors into the app")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. models/demo")
+    p.add_argument("--app", help="the Android project (default: android_demo/ of this checkout)")
+    p.add_argument("--models", nargs="+", metavar="NAME.tflite", help="which of the run's models (default: all)")
+    p.add_argument("--images", help="image folder DIR/<class>/* for the golden vectors (default: the run's "
+                                    "validation data)")
+    p.add_argument("--golden", type=int, default=3, help="golden images, one per class (default 3)")
+    _add_runtime_options(p)
+    p.add_argument("--json", dest="json_out", help="also write the compatibility verdicts to this JSON file")
+
+    p = commands.add_parser("check-runtime", help="load every op and run .tflite files in LiteRT and TFLite 2.14")
+    p.add_argument("files", nargs="+", metavar="FILE.tflite")
+    _add_runtime_options(p)
+    p.add_argument("--json", dest="json_out", help="also write the verdicts to this JSON file")
+
     commands.add_parser("recipes", help="list the bundled recipes")
     return parser
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--legacy-python", help="a Python with tflite-runtime 2.14 (default: $TFLITE_PIPELINE_LEGACY_PYTHON, "
+                                           "else .venv-tflite2.14 made by `make setup`)")
+    p.add_argument("--no-legacy-check", action="store_true", help="check in LiteRT only (not recommended: apps on "
+                                                                   "TFLite 2.14-2.16 may fail to load the model)")
 
 
 def _gate_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -210,6 +234,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _legacy(args: argparse.Namespace):
+    return False if args.no_legacy_check else args.legacy_python
+
+
+def _cmd_export_android(args: argparse.Namespace) -> int:
+    from .android import export_android
+    from .runfolder import atomic_write_json
+
+    result = export_android(args.run_dir, args.app, models=args.models, images=args.images, golden_count=args.golden,
+                            legacy_python=_legacy(args), log=lambda line: print(line, file=sys.stderr))
+    print(result.format())
+    if args.json_out:
+        atomic_write_json(args.json_out, [report.to_dict() for report in result.compatibility])
+    return 0
+
+
+def _cmd_check_runtime(args: argparse.Namespace) -> int:
+    from .android import check_compatibility, format_compatibility
+    from .errors import CompatibilityError
+    from .runfolder import atomic_write_json
+
+    reports = check_compatibility(args.files, legacy_python=_legacy(args))
+    print(format_compatibility(reports))
+    if args.json_out:
+        atomic_write_json(args.json_out, [report.to_dict() for report in reports])
+    failed = [Path(report.model).name for report in reports if not report.ok]
+    if failed:
+        raise CompatibilityError(f"{failed} cannot run in every target runtime (table above).")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .recipe import bundled_recipes
 
@@ -219,7 +274,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "inspect": _cmd_inspect,
-             "bench": _cmd_bench, "recipes": _cmd_recipes}
+             "bench": _cmd_bench, "export-android": _cmd_export_android,
+             "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -105,6 +105,20 @@ class PreprocessSpec:
         except _DECODE_ERRORS as error:
             raise _decode_error(path, error) from None
         return pixels.reshape(self.height, self.width, self.channels)
+
+    def load_rgb(self, path: str | Path) -> np.ndarray:
+        """Decode to uint8 RGB at the model's height and width, whatever the model's channels: what the
+        Android app hands its preprocessing, which then converts to gray itself (`from_rgb`)."""
+        return replace(self, channels=3).load_pixels(path)
+
+    def from_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB `(h, w, 3)` -> the model's channels. Gray is Pillow's luma in integers,
+        `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`, which the app's Kotlin repeats exactly."""
+        if self.channels == 3:
+            return rgb
+        wide = rgb.astype(np.int64)
+        luma = (wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000) >> 16
+        return luma.astype(np.uint8)[..., None]
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels -> float32 model input, per `normalization`."""

@@ -66,3 +66,9 @@ class OutputError(PipelineError):
     """The run folder exists already or cannot be written."""
 
     exit_code = 10
+
+
+class CompatibilityError(PipelineError):
+    """A model cannot run in the Android app's contract or in a target TFLite/LiteRT runtime."""
+
+    exit_code = 11
