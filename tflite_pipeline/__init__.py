@@ -14,8 +14,8 @@ import importlib
 from typing import Any
 
 from . import env  # noqa: F401  (must run before anything imports TensorFlow)
-from .errors import (ConversionError, DataError, DependencyError, ModelError, OutputError, ParityError,
-                     PipelineError, RecipeError, TFLiteFileError)
+from .errors import (CompatibilityError, ConversionError, DataError, DependencyError, ModelError, OutputError,
+                     ParityError, PipelineError, RecipeError, TFLiteFileError)
 
 __version__ = "0.1.0"
 
@@ -31,12 +31,13 @@ _LAZY = {
     "QuantizationDebug": "diagnose", "accuracy_budgeted_fallback": "diagnose", "top1_evaluator": "diagnose",
     "measure_latency": "bench", "bench_models": "bench", "cpu_description": "bench",
     "RunReport": "report",
+    "export_android": "android", "check_compatibility": "android", "AndroidExport": "android",
     "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by stage
     "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
-    "TFLiteFileError", "ParityError", "OutputError",
+    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError",
     *_LAZY,
 ]
 

@@ -275,9 +275,9 @@ def _runtime_check(raw_runtime: str, result: dict, reference: Sequence[np.ndarra
     outputs = [np.load(path) for path in result["outputs"]]
     same_top1 = max_diff = None
     if outputs and len(outputs) == len(reference):
-        same_top1 = all(int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(outputs, reference))
+        same_top1 = all(int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(outputs, reference, strict=True))
         max_diff = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-                       for a, b in zip(outputs, reference))
+                       for a, b in zip(outputs, reference, strict=True))
     return RuntimeCheck(runtime=_runtime_name(raw_runtime), loaded=result["loaded"], error=result["error"],
                         missing_ops=missing, same_top1=same_top1, max_output_diff=max_diff)
 
@@ -287,7 +287,7 @@ def _runtime_check(raw_runtime: str, result: dict, reference: Sequence[np.ndarra
 def golden_images(folder: ImageFolder, count: int) -> list[tuple[str, int]]:
     """The first image of each of the first `count` classes: deterministic and spread over classes."""
     chosen: dict[int, str] = {}
-    for path, label in zip(folder.files, folder.labels):
+    for path, label in zip(folder.files, folder.labels, strict=True):
         if label not in chosen:
             chosen[label] = path
     return [(chosen[label], label) for label in sorted(chosen)[:count]]
@@ -365,7 +365,7 @@ def model_config(spec: PreprocessSpec, labels: Sequence[str], models: Sequence[P
                  reports: Sequence[Compatibility], run_name: str) -> dict[str, Any]:
     """The `model_config.json` the app reads: preprocessing, labels file and each model's I/O contract."""
     entries = []
-    for path, report in zip(models, reports):
+    for path, report in zip(models, reports, strict=True):
         info = inspect_tflite(path)
         entries.append({"file": f"{MODELS_DIR}/{path.name}", "size_bytes": info.size_bytes,
                         "input": asdict(info.inputs[0]), "output": asdict(info.outputs[0]),
@@ -415,12 +415,12 @@ def export_android(run_dir: str | Path, app_dir: str | Path | None = None, *, mo
 
     cases = []
     golden_files: dict[str, bytes] = {}
-    for number, ((source, label), rgb) in enumerate(zip(chosen, pixels)):
+    for number, ((source, label), rgb) in enumerate(zip(chosen, pixels, strict=True)):
         stem = f"{number}_{labels[label]}"
         png = Image.fromarray(rgb)
         golden_files[f"{stem}.png"] = _png_bytes(png)
         golden_files[f"{stem}.rgb"] = rgb.tobytes()
-        for path, report in zip(paths, reports):
+        for path, report in zip(paths, reports, strict=True):
             info = infos[path]
             raw_in = inputs[str(path)][number]
             raw_out = report.reference_outputs[number]

@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--legacy-python", help="a Python with tflite-runtime 2.14 (default: $TFLITE_PIPELINE_LEGACY_PYTHON, "
-                                           "else .venv-tflite2.14 made by `make setup`)")
+    p.add_argument("--legacy-python", help="a Python with tflite-runtime 2.14 (default: "
+                                           "$TFLITE_PIPELINE_LEGACY_PYTHON, else .venv-tflite2.14 from `make setup`)")
     p.add_argument("--no-legacy-check", action="store_true", help="check in LiteRT only (not recommended: apps on "
                                                                    "TFLite 2.14-2.16 may fail to load the model)")
 
