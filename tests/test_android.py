@@ -243,3 +243,15 @@ def test_golden_pixels_are_the_pixels_the_parity_gate_evaluated(exported, tiny_r
     for case in json.loads((exported.golden / "golden.json").read_text())["cases"]:
         rgb = np.frombuffer((exported.golden / case["pixels"]).read_bytes(), np.uint8).reshape(32, 32, 3)
         np.testing.assert_array_equal(rgb, spec.load_pixels(root / case["label"] / case["source"]))
+
+
+def test_the_dynamic_range_variant_loads_in_tflite_2_14(tiny_model, legacy_python, tmp_path):
+    """TF 2.21's default dynamic-range output (per-channel FULLY_CONNECTED v12) needs TFLite 2.17."""
+    from tflite_pipeline.convert import convert_dynamic_range
+    from tflite_pipeline.inspect import inspect_tflite
+
+    path = tmp_path / "tiny_dynamic.tflite"
+    path.write_bytes(convert_dynamic_range(tiny_model))
+    assert max(op.version for op in inspect_tflite(path).ops if op.name == "FULLY_CONNECTED") <= 10
+    (report,) = check_compatibility([path], legacy_python=legacy_python)
+    assert report.ok, report

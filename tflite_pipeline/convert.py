@@ -110,10 +110,16 @@ def convert_float16(model: keras.Model) -> bytes:
     return _run(converter, "float16")
 
 
-def convert_dynamic_range(model: keras.Model) -> bytes:
-    """Dynamic-range quantization: int8 weights, activations quantized on the fly, float I/O; no calibration."""
+def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False) -> bytes:
+    """Dynamic-range quantization: int8 weights, activations quantized on the fly, float I/O; no calibration.
+
+    Dense weights get one scale per tensor unless `per_channel_dense`: the per-channel hybrid
+    FULLY_CONNECTED is op version 12, which runtimes before TFLite 2.17 cannot load (measured with
+    `tflite-pipeline check-runtime`: TF 2.21's default output fails in TFLite 2.14)."""
     converter = _converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if not per_channel_dense:
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     return _run(converter, "dynamic-range")
 
 
