@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import tflite_pipeline as tp
+import tf_keras
 from tflite_pipeline.recipe import VerifyConfig
 from tflite_pipeline.verify import LiteRTClassifier, dequantize, quantize
 
@@ -66,9 +67,13 @@ def test_float32_passes_the_strictest_gate(tiny_run, tiny_model, tiny_data):
 
 
 def test_wrong_model_fails_the_gate_with_the_report_attached(tiny_model, tiny_data):
-    # A .tflite of a different (untrained) model must not pass against the trained Keras model,
-    # and the ParityError carries the full report so CI can print or store it.
-    other = tp.build_mobilenet_v2(10, 32, alpha=0.35, seed=123)
+    # A .tflite of a different model must not pass against the Keras model, and the ParityError carries
+    # the full report so CI can print or store it. "Different": the classifier's columns rotated by one,
+    # so every prediction moves to the next class (a random model may share a weak model's constant answer).
+    other = tf_keras.models.clone_model(tiny_model)
+    weights = tiny_model.get_weights()
+    weights[-2], weights[-1] = np.roll(weights[-2], 1, axis=-1), np.roll(weights[-1], 1)
+    other.set_weights(weights)
     folder = tp.ImageFolder.scan(tiny_data / "validation")
     report = tp.measure_parity(tiny_model, {"other": tp.convert_float32(other)}, folder, tp.PreprocessSpec(32, 32),
                                VerifyConfig(), log=lambda _: None)
