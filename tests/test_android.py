@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tflite_pipeline.android import (ASSETS_DIR, GOLDEN_DIR, check_compatibility, export_android, find_legacy_python)
+from tflite_pipeline.android import (ASSETS_DIR, GOLDEN_DIR, check_compatibility, export_android, find_legacy_python,
+                                     pack_model)
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
 from tflite_pipeline.inspect import read_flatbuffer
@@ -116,7 +117,6 @@ def test_reexport_removes_models_the_previous_export_wrote(exported, tiny_run, l
 
 def _with_op_version(source: Path, target: Path, op: str, version: int) -> Path:
     """A copy of `source` whose `op` operator code claims `version` (what a newer converter would emit)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     _, model = read_flatbuffer(source)
@@ -124,9 +124,7 @@ def _with_op_version(source: Path, target: Path, op: str, version: int) -> Path:
     for entry in model.operatorCodes:
         if max(entry.builtinCode, entry.deprecatedBuiltinCode) == code:
             entry.version = version
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    target.write_bytes(bytes(builder.Output()))
+    target.write_bytes(pack_model(model))
     return target
 
 

@@ -197,8 +197,13 @@ def _single_op_model(model: "schema.ModelT", code: "schema.OperatorCodeT") -> by
     probe = schema.ModelT()
     probe.version, probe.operatorCodes, probe.subgraphs, probe.buffers = model.version, [code], [graph], \
         [schema.BufferT()]
+    return pack_model(probe)
+
+
+def pack_model(model: "schema.ModelT") -> bytes:
+    """Serialize a (modified) model object tree back to `.tflite` bytes."""
     builder = flatbuffers.Builder(1024)
-    builder.Finish(probe.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
 

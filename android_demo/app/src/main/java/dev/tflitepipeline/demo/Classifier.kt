@@ -91,20 +91,16 @@ class Classifier(
     }
 
     /** The bytes the model was last fed (for the golden tests). */
-    fun lastInputBytes(): ByteArray {
-        val copy = ByteArray(inputBuffer.capacity())
-        inputBuffer.rewind()
-        inputBuffer.get(copy)
-        inputBuffer.rewind()
-        return copy
-    }
+    fun lastInputBytes(): ByteArray = copyOf(inputBuffer)
 
     /** The raw output tensor of the last run. */
-    fun lastOutputBytes(): ByteArray {
-        val copy = ByteArray(outputBuffer.capacity())
-        outputBuffer.rewind()
-        outputBuffer.get(copy)
-        outputBuffer.rewind()
+    fun lastOutputBytes(): ByteArray = copyOf(outputBuffer)
+
+    private fun copyOf(buffer: ByteBuffer): ByteArray {
+        val copy = ByteArray(buffer.capacity())
+        buffer.rewind()
+        buffer.get(copy)
+        buffer.rewind()
         return copy
     }
 
