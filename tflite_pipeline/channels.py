@@ -99,7 +99,8 @@ class ChannelGraph:
                 group_of_in[name] = group_of_out[name] = g.source
             for name in g.consumers:
                 group_of_in[name] = g.source
-        costs = {layer.name: _layer_cost(layer, group_of_in.get(layer.name), group_of_out.get(layer.name))
+        costs = {layer.name: _layer_cost(layer, node_count[layer.name], group_of_in.get(layer.name),
+                                         group_of_out.get(layer.name))
                  for layer in model.layers if _is_weighted(layer)}
         return cls(model=model, groups=tuple(groups), skipped=skipped, costs=costs)
 
@@ -185,9 +186,10 @@ def _trace(model: keras.Model, source: _L.Layer, outbound: Mapping[str, list[str
                         channelwise=tuple(channelwise), consumers=tuple(consumers))
 
 
-def _layer_cost(layer: _L.Layer, in_group: str | None, out_group: str | None) -> _Cost:
+def _layer_cost(layer: _L.Layer, calls: int, in_group: str | None, out_group: str | None) -> _Cost:
     kernel = layer.get_weights()[0]
-    positions = int(np.prod(layer.output_shape[1:-1]))  # output pixels (1 for a Dense on vectors)
+    # output pixels (1 for a Dense on vectors), over every call of a shared layer
+    positions = sum(int(np.prod(layer.get_output_shape_at(i)[1:-1])) for i in range(calls))
     if type(layer) is _L.DepthwiseConv2D:  # (kh, kw, C, multiplier): no input-channel sum
         return _Cost(factor=positions * int(np.prod(kernel.shape[:2])) * kernel.shape[3], in_channels=1,
                      out_channels=kernel.shape[2], out_group=out_group)
@@ -285,10 +287,15 @@ class ChannelPlan:
                 "skipped": dict(self.skipped)}
 
     def format_table(self) -> str:
-        lines = ["| channel group (source layer) | channels before | after | removed |", "|---|---:|---:|---:|"]
-        for name, (before, after) in self.counts().items():
-            lines.append(f"| {name} | {before} | {after} | {1 - after / before:.0%} |")
-        return "\n".join(lines)
+        return format_groups(self.to_dict()["groups"])
+
+
+def format_groups(groups: Mapping[str, Mapping[str, int]]) -> str:
+    """Markdown table of `ChannelPlan.to_dict()["groups"]`: channels before and after per group."""
+    lines = ["| channel group (source layer) | channels before | after | removed |", "|---|---:|---:|---:|"]
+    for name, g in groups.items():
+        lines.append(f"| {name} | {g['before']} | {g['after']} | {1 - g['after'] / g['before']:.0%} |")
+    return "\n".join(lines)
 
 
 def kept_count(channels: int, ratio: float, *, multiple: int, min_channels: int) -> int:

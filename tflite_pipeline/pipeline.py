@@ -26,6 +26,8 @@ from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport, StageRecord
 from .runfolder import RunFolder, check_run_name
 from .bench import LatencyResult, cpu_description, measure_latency
+from .channels import ChannelGraph, ChannelPlan, channel_importance, model_macs, plan_channels, prune_channels
+from .channels import describe as describe_plan
 from .cluster import check_clustering, cluster_weights, strip_clustering, unique_weights
 from .layers import select_layers
 from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
@@ -127,7 +129,11 @@ _QAT_LABELS = {"default": "qat", "prune_preserve": "pqat", "cluster_preserve": "
 
 
 def preflight(recipe: Recipe, model: keras.Model) -> None:
-    """Fail before any training on settings the model cannot take (patterns, cluster counts, QAT support)."""
+    """Fail before any training on settings the model cannot take (channel groups and MAC budget, layer patterns,
+    cluster counts, QAT support)."""
+    if recipe.channels.enabled:  # the groups exist and the budget can be met (scored by l1: no data needed)
+        graph = ChannelGraph.of(model)
+        plan_channels(graph, channel_importance(graph, "l1") if graph.groups else {}, recipe.channels)
     if recipe.prune.enabled:
         p = recipe.prune
         select_layers(model, "prune", patterns=p.layers, layer_types=p.layer_types, exclude=p.exclude)
@@ -144,17 +150,18 @@ def calibration_images(splits: DatasetSplits, recipe: Recipe) -> ImageFolder:
 
 @dataclass(frozen=True)
 class OptimizedStage:
-    """A fine-tuned model and what it is: `label` names the stage (pruned, clustered, qat, pqat, cqat)."""
+    """A fine-tuned model and what it is: `label` names the stage (thinned, pruned, clustered, qat, pqat, cqat)."""
 
     label: str
     model: keras.Model
     record: StageRecord
     is_qat: bool = False
+    channel_plan: ChannelPlan | None = None   # the thinned stage: which channels survived
 
 
 def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe, *,
              seconds: dict[str, float], log: Log = _stderr) -> list[OptimizedStage]:
-    """Chain the recipe's fine-tune stages on the float baseline: [prune | cluster] -> [QAT]."""
+    """Chain the recipe's fine-tune stages on the float baseline: [channels] -> [prune | cluster] -> [QAT]."""
     if not recipe.optimizes:
         return []
     distill = recipe.distill if recipe.distill.enabled else None
@@ -162,13 +169,27 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
                       augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill, log=log)
     stages: list[OptimizedStage] = []
     current, scheme, weights_info = baseline, "default", {}
+    macs = model_macs(baseline)
 
     def record(label: str, model: keras.Model, t0: float, **weights_info) -> StageRecord:
         seconds[label] = round(time.perf_counter() - t0, 2)
         top1 = keras_accuracy(model, splits.validation, spec, recipe.verify.batch_size)
         log(f"  {label}: Keras top-1 {top1:.2%}")
-        return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), **weights_info)
+        return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), macs=macs,
+                           **weights_info)
 
+    if recipe.channels.enabled:
+        t0, c = time.perf_counter(), recipe.channels
+        scored = splits.calibration.subset(c.samples, seed=recipe.train.seed)
+        log(f"[channels] scoring channels by {c.criterion}" +
+            (f" on {len(scored)} calibration images" if c.criterion == "activation" else ""))
+        current, plan = prune_channels(current, c, (images for images, _ in
+                                                    scored.batches(spec, recipe.train.batch_size)))
+        macs = plan.macs_after
+        log(f"  {describe_plan(plan)}")
+        if c.epochs:
+            current = tuner.fit(current, epochs=c.epochs, learning_rate=c.learning_rate)
+        stages.append(OptimizedStage("thinned", current, record("thinned", current, t0), channel_plan=plan))
     if recipe.prune.enabled:
         t0, p = time.perf_counter(), recipe.prune
         wrapped, layers = prune_low_magnitude(current, p, tuner.steps(p.epochs))
@@ -203,6 +224,30 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
     return stages
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """One `.tflite` to write: `<model>_<variant>.tflite`, converted as `kind` from a stage (None: the baseline)."""
+
+    variant: str
+    kind: str
+    stage: OptimizedStage | None = None
+
+    def source_model(self, baseline: keras.Model) -> keras.Model:
+        return baseline if self.stage is None else self.stage.model
+
+
+def export_jobs(baseline: keras.Model, stages: list[OptimizedStage], variants: tuple[str, ...]) -> list[ExportJob]:
+    """The recipe's variants of the baseline, the last stage as int8, and a thinned (channel-pruned) stage also
+    as float32 when float32 is asked for, so float latency before/after thinning is measured too."""
+    jobs = [ExportJob(variant, variant) for variant in variants]
+    thinned = next((s for s in stages if s.channel_plan is not None), None)
+    if thinned is not None and "float32" in variants:
+        jobs.append(ExportJob(f"{thinned.label}_float32", "float32", thinned))
+    if stages:
+        jobs.append(ExportJob(f"{stages[-1].label}_int8", "int8", stages[-1]))
+    return jobs
+
+
 def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
                       folder: RunFolder, *, name: str, seconds: dict[str, float], started: float,
                       stages: list[OptimizedStage] = (), log: Log = _stderr) -> RunReport:
@@ -212,11 +257,9 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
     warnings = []
     with folder:
         t0 = time.perf_counter()
-        jobs = [(variant, variant, model) for variant in recipe.convert.variants]
-        if stages:
-            jobs.append((f"{stages[-1].label}_int8", "int8", stages[-1].model))
+        jobs = export_jobs(model, stages, recipe.convert.variants)
         representative = None
-        if any(kind == "int8" for _, kind, _ in jobs):
+        if any(job.kind == "int8" for job in jobs):
             representative = representative_dataset(calibration_images(splits, recipe), spec,
                                                     recipe.convert.calibration_samples)
             if representative.num_samples < recipe.convert.calibration_samples:
@@ -225,16 +268,18 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         flatbuffers: dict[str, bytes] = {}
         sources: dict[str, tuple[str, keras.Model]] = {}
         artifacts = []
-        pruned = list(stages[0].record.layers) if stages and stages[0].record.sparsity is not None else []
-        for variant, kind, source in jobs:
+        pruned = next((list(s.record.layers) for s in stages if s.record.sparsity is not None), [])
+        for job in jobs:
+            variant = job.variant
             log(f"[convert] {variant}" + (f" ({representative.num_samples} calibration images)"
-                                          if kind == "int8" else ""))
-            data = convert_variant(source, kind, representative=representative, io_dtype=recipe.convert.io_dtype)
+                                          if job.kind == "int8" else ""))
+            data = convert_variant(job.source_model(model), job.kind, representative=representative,
+                                   io_dtype=recipe.convert.io_dtype)
             file = f"{name}_{variant}.tflite"
             folder.write_bytes(file, data)
             flatbuffers[variant] = data
-            if source is not model:
-                sources[variant] = (f"{stages[-1].label} Keras", source)
+            if job.stage is not None:
+                sources[variant] = (f"{job.stage.label} Keras", job.stage.model)
             info = inspect_tflite(data)
             artifacts.append(ModelArtifact.measure(variant, file, data, info, latency=_latency(data, recipe),
                                                    layer_sparsity=info.layer_sparsity(pruned)))
@@ -250,14 +295,13 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
                             "a usable baseline (train longer, or lower model.bn_momentum)")
 
         t0 = time.perf_counter()
-        ptq = {variant: source for variant, kind, source in jobs
-               if kind == "int8" and not (stages and source is stages[-1].model and stages[-1].is_qat)}
-        source_top1 = {variant: parity.keras_top1 if source is model else stages[-1].record.keras_top1
-                       for variant, source in ptq.items()}
+        ptq = [job for job in jobs if job.kind == "int8" and not (job.stage and job.stage.is_qat)]
         diagnoses, fallbacks = [], []
-        for variant, source in ptq.items():
-            outcome = diagnose_and_repair(variant, source, parity.row(variant), source_top1[variant], splits, spec,
-                                          recipe, representative, log=log)
+        for job in ptq:
+            variant = job.variant
+            source_top1 = job.stage.record.keras_top1 if job.stage else parity.keras_top1
+            outcome = diagnose_and_repair(variant, job.source_model(model), parity.row(variant), source_top1, splits,
+                                          spec, recipe, representative, log=log)
             if outcome is None:
                 continue
             diagnosis, fallback = outcome
@@ -284,7 +328,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             seconds["diagnose"] = round(time.perf_counter() - t0, 2)
 
         model.save(folder.path(f"{name}{KERAS_FILE_SUFFIX}"))
-        for optimized in stages[-1:]:
+        for optimized in {id(job.stage): job.stage for job in jobs if job.stage}.values():
             if optimized.is_qat:
                 save_qat_model(optimized.model, folder.path(f"{name}_{optimized.label}.h5"))
             else:
@@ -299,8 +343,9 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             model={"name": name, "keras_name": model.name, "input_shape": list(spec.input_shape),
                    "classes": len(splits.class_names), "parameters": int(model.count_params())},
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
-            stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params())),
+            stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params()), macs=model_macs(model)),
                     *(s.record for s in stages)),
+            channels=next((s.channel_plan.to_dict() for s in stages if s.channel_plan), None),
             warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks),
             machine=cpu_description())
         folder.write_json("report.json", report.to_dict())
@@ -363,14 +408,17 @@ def open_run_folder(run_dir: str | Path) -> dict[str, Path]:
 
 
 def stage_sources(run_dir: str | Path) -> dict[str, tuple[str, keras.Model]]:
-    """For a run folder with fine-tune stages: `<model>_<stage>_int8` -> (label, the stage's Keras model)."""
-    out = {}
-    for tflite in sorted(Path(run_dir).glob("*_int8.tflite")):
-        stem = tflite.stem.removesuffix("_int8")
+    """For a run folder with fine-tune stages: `<model>_<stage>_<kind>[_fallback]` -> (label, the stage's Keras
+    model), for every `.tflite` converted from a stage rather than from the baseline."""
+    out, loaded = {}, {}
+    for tflite in sorted(Path(run_dir).glob("*.tflite")):
+        stem = tflite.stem.removesuffix("_fallback").rpartition("_")[0]  # drop the kind (int8, float32, ...)
         for path, loader in ((tflite.with_name(f"{stem}.h5"), load_qat_model),
                              (tflite.with_name(f"{stem}.keras"), load_model)):
             if path.is_file():
-                out[tflite.stem] = (f"{stem.rsplit('_', 1)[-1]} Keras", loader(path))
+                if path not in loaded:
+                    loaded[path] = loader(path)
+                out[tflite.stem] = (f"{stem.rsplit('_', 1)[-1]} Keras", loaded[path])
     return out
 
 

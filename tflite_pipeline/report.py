@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .bench import LatencyResult
+from .channels import format_groups
 from .diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, layer_name
 from .inspect import TFLiteInfo, gzip_size
 from .verify import ParityReport
@@ -24,6 +25,7 @@ class StageRecord:
     layers: tuple[str, ...] = ()          # layers the stage pruned or clustered
     sparsity: float | None = None         # mean zero fraction over those layers (Keras side)
     clusters: int | None = None           # most distinct values in one clustered kernel
+    macs: int | None = None               # multiply-accumulates per image (channel pruning lowers them)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RunReport:
     diagnoses: tuple[Diagnosis, ...] = ()
     fallbacks: tuple[FallbackResult, ...] = ()
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
+    channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
 
     @property
     def passed(self) -> bool:
@@ -86,6 +89,7 @@ class RunReport:
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
+            "channels": self.channels,
         }
 
     def artifact(self, variant: str) -> ModelArtifact | None:
@@ -99,6 +103,30 @@ class RunReport:
         if strict.latency and fallback.latency:
             text += f", latency {fallback.latency.median_ms / strict.latency.median_ms:.2f}x (same run, same threads)"
         return text + "."
+
+    def _channels_markdown(self) -> list[str]:
+        c = self.channels
+        lines = ["## Channel pruning", "", f"MACs per image {c['macs_before']:,} -> {c['macs_after']:,} "
+                 f"({c['macs_after'] / c['macs_before']:.1%}, {c['macs_before'] / c['macs_after']:.2f}x fewer)"
+                 + ("" if c["ratio"] is None else f"; ratio solved for the MAC budget: {c['ratio']:.3f}") + ".", ""]
+        pairs = [(before, after) for before, after in (("float32", "thinned_float32"), ("int8", self._last_int8()))
+                 if after and self.artifact(before) and self.artifact(after)
+                 and self.artifact(before).latency and self.artifact(after).latency]
+        for before, after in pairs:
+            b, a = self.artifact(before).latency, self.artifact(after).latency
+            lines.append(f"- LiteRT latency `{before}` {b.median_ms:.2f} ms -> `{after}` {a.median_ms:.2f} ms: "
+                         f"{b.median_ms / a.median_ms:.2f}x faster (medians, {a.threads} thread(s), same run)")
+        lines += [""] if pairs else []
+        lines.append(format_groups(c["groups"]))
+        if c["skipped"]:
+            reasons = sorted(set(c["skipped"].values()))
+            lines += ["", f"Kept whole: {len(c['skipped'])} layers whose channels cannot be removed alone "
+                      f"(e.g. {reasons[0]})."]
+        return lines + [""]
+
+    def _last_int8(self) -> str | None:
+        names = [a.variant for a in self.artifacts if a.variant.endswith("_int8") and a.variant != "int8"]
+        return names[-1] if names else None
 
     @property
     def figures_available(self) -> bool:
@@ -170,13 +198,15 @@ class RunReport:
                   self.parity.format_table(), ""]
         if len(self.stages) > 1:
             lines += ["## Stages (Keras side)", "", "| stage | Keras top-1 | Δ vs baseline (pts) | layers | sparsity "
-                      "| clusters | parameters |", "|---|---:|---:|---:|---:|---:|---:|"]
+                      "| clusters | parameters | MACs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
             base = self.stages[0].keras_top1
             for st in self.stages:
                 lines.append(f"| {st.name} | {st.keras_top1:.2%} | {round((st.keras_top1 - base) * 100, 2) + 0.0:+.2f} "
                              f"| {len(st.layers) or ''} | {'' if st.sparsity is None else f'{st.sparsity:.1%}'} | "
-                             f"{st.clusters or ''} | {st.parameters:,} |")
+                             f"{st.clusters or ''} | {st.parameters:,} | {'' if st.macs is None else f'{st.macs:,}'} |")
             lines.append("")
+        if self.channels:
+            lines += self._channels_markdown()
         lines += ["## Files", "", "| variant | file | size | gzip | latency median / p90 | weight sparsity (all / "
                   "pruned layers) | full-integer | input | output |", "|---|---|---:|---:|---:|---:|---|---|---|"]
         for a in self.artifacts:
