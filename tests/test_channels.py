@@ -113,6 +113,14 @@ def test_per_group_ratios_and_exclusions_apply(mobilenet):
     assert counts["Conv1"] == (16, 16) and counts["Conv_1"] == (1280, 960) and counts["block_2_expand"] == (48, 24)
 
 
+def test_a_stock_keras_mobilenet_v2_of_a_user_is_thinned_to_the_budget():
+    """keras.applications' own MobileNetV2 with its top (what users have), not our builder's."""
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.5, weights=None, classes=7)
+    thin, plan = prune_channels(model, ChannelsConfig(mac_budget=0.6, criterion="activation"), [IMAGES])
+    assert len(plan.keep) == 20 and plan.mac_fraction <= 0.6 and model_macs(thin) == plan.macs_after
+    assert thin(IMAGES).shape == (8, 7) and "Logits" in plan.skipped
+
+
 def test_other_cnns_are_pruned_where_possible_and_the_rest_is_reported():
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(16, 3, activation="relu", name="conv_a")(inputs)

@@ -21,9 +21,10 @@ def test_recipe_loads_from_a_path(tmp_path):
     assert recipe.convert == tp.Recipe().convert  # untouched sections keep defaults
 
 
-def test_recipe_round_trips_through_dict():
-    recipe = tp.load_recipe("default")
-    assert tp.Recipe.from_dict(recipe.to_dict()) == recipe
+@pytest.mark.parametrize("name", ["default", "channels-qat-kd"])
+def test_recipe_round_trips_through_dict(name):
+    recipe = tp.load_recipe(name).with_overrides({"channels.ratios": {"^Conv_1$": 0.25}})
+    assert tp.Recipe.from_dict(recipe.to_dict()) == recipe and recipe.channels.ratios == {"^Conv_1$": 0.25}
 
 
 @pytest.mark.parametrize("toml, message", [
@@ -38,6 +39,10 @@ def test_recipe_round_trips_through_dict():
     ("[preprocess]\nnormalization = 'imagenet'\n", r"preprocess.normalization"),
     ("[preprocess]\nnormalization = 'mean_std'\nmean = [0.5, 0.5]\nstd = [0.2, 0.2]\n", r"1 or 3 values"),
     ("[model\n", r"not valid TOML"),
+    ("[channels]\nmac_budget = 1.5\n", r"Received `channels.mac_budget=1.5`; expected a fraction of the MACs"),
+    ("[channels]\nratios = { '^Conv_1$' = 'half' }\n", r"Received `channels.ratios.\^Conv_1\$='half'`"),
+    ("[channels]\nratios = [0.5]\n", r"`channels.ratios=\[0.5\]`; expected a table"),
+    ("[channels]\ncriterion = 'taylor'\n", r"channels.criterion"),
 ])
 def test_bad_recipe_names_the_field(tmp_path, toml, message):
     path = tmp_path / "bad.toml"

@@ -24,6 +24,7 @@ _LAZY = {
     "PreprocessSpec": "data", "ImageFolder": "data", "open_splits": "data", "read_labels": "data",
     "build_mobilenet_v2": "models", "load_model": "models",
     "train_classifier": "train",
+    "ChannelsConfig": "recipe", "prune_channels": "channels", "ChannelGraph": "channels", "model_macs": "channels",
     "convert_variant": "convert", "convert_float32": "convert", "convert_int8": "convert",
     "representative_dataset": "convert",
     "inspect_tflite": "inspect", "TFLiteInfo": "inspect",
