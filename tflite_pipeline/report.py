@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,9 +120,13 @@ class RunReport:
         lines += [""] if pairs else []
         lines.append(format_groups(c["groups"]))
         if c["skipped"]:
-            reasons = sorted(set(c["skipped"].values()))
-            lines += ["", f"Kept whole: {len(c['skipped'])} layers whose channels cannot be removed alone "
-                      f"(e.g. {reasons[0]})."]
+            by_reason: dict[str, list[str]] = {}
+            for layer, reason in c["skipped"].items():  # "reach 'block_2_add' (Add)" -> "reach an Add layer"
+                general = re.sub(r"'[^']*' \((\w+)\)", lambda m: f"{'an' if m[1][0] in 'AEIOU' else 'a'} {m[1]} layer",
+                                 reason)
+                by_reason.setdefault(general, []).append(f"`{layer}`")
+            lines += ["", "Kept whole (their channels cannot be removed alone):", ""]
+            lines += [f"- {', '.join(layers)}: {reason}" for reason, layers in by_reason.items()]
         return lines + [""]
 
     def _last_int8(self) -> str | None:
