@@ -38,7 +38,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_overrides(data: Path) -> dict:
     return {"model.input_size": 32, "model.alpha": 0.35, "data.root": str(data), "train.epochs": 2,
             "train.batch_size": 16, "convert.calibration_samples": 30,
-            # a 2-epoch model on 300 images is weak (often at chance), so its int8 agreement is not what these tests check
+            # a 2-epoch model on 300 images is weak (often at chance): its int8 agreement is not checked here
             "verify.max_top1_drop": 100.0, "verify.min_agreement": 0.0}
 
 

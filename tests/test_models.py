@@ -88,3 +88,31 @@ def test_missing_and_unknown_model_files(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"x")
     with pytest.raises(tp.ModelError, match=r"expected a .keras or .h5 file"):
         tp.load_model(tmp_path / "model.onnx")
+
+
+def _lambda_classifier() -> keras.Model:
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
+def test_files_with_lambda_code_are_refused_unless_the_user_opts_out(tmp_path, suffix):
+    """Keras' safe mode only guards .keras; .h5 and SavedModel would run the Lambda's code on load."""
+    path = tmp_path / f"lambda{suffix or '_savedmodel'}"
+    _lambda_classifier().save(path, **({"save_format": "tf"} if not suffix else {}))
+    with pytest.raises(tp.ModelError, match=r"Lambda layer.*would run while loading.*--unsafe-load"):
+        tp.load_model(path)
+    assert tp.load_model(path, safe_mode=False).get_layer("doubler") is not None
+
+
+def test_cli_refuses_a_lambda_model_with_exit_6_and_documents_the_danger(tmp_path, tiny_data, capsys):
+    from tflite_pipeline.cli import build_parser, main
+
+    path = tmp_path / "lambda.h5"
+    _lambda_classifier().save(path)
+    assert main(["convert", str(path), "--data", str(tiny_data), "--output-dir", str(tmp_path / "out")]) == 6
+    assert "--unsafe-load" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    help_text = build_parser()._subparsers._group_actions[0].choices["convert"].format_help()
+    assert "DANGEROUS" in help_text and "runs while the file loads" in " ".join(help_text.split())

@@ -31,6 +31,13 @@ def _add_gate_options(p: argparse.ArgumentParser) -> None:
                         "(plain integer arithmetic, slow; what the QAT simulation models most closely)")
 
 
+def _add_unsafe_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="DANGEROUS: load model files that contain Lambda layers. A Lambda stores Python code that "
+                        "runs while the file loads, so a file from someone else can do anything your account can. "
+                        "Only for files you made or trust; without it such files are refused (exit 6)")
+
+
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalization", choices=NORMALIZATIONS,
                    help="model input range: minus_one_to_one (MobileNetV2), zero_to_one, raw (0-255, the model "
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root with train/ validation/ calibration/ (overrides data.root)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
+    _add_unsafe_option(p)
     _add_output_options(p)
 
     p = commands.add_parser("convert", help="convert your Keras model to float32 + int8 .tflite and verify them")
@@ -61,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, from float32,int8 (default) and float16,dynamic (dynamic-range)")
     p.add_argument("--io-dtype", choices=("int8", "uint8"), default="int8", help="int8 model input/output dtype")
     p.add_argument("--calibration-samples", type=int, default=300, help="representative images (default 300)")
+    _add_unsafe_option(p)
     _add_preprocess_options(p)
     _add_gate_options(p)
     _add_output_options(p)
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels.txt giving the class order")
     p.add_argument("--preprocessing", help="preprocessing.json written by a run")
     p.add_argument("--json", dest="json_out", help="also write the parity report to this JSON file")
+    _add_unsafe_option(p)
     _add_preprocess_options(p)
     _add_gate_options(p)
 
@@ -153,6 +163,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(item) for item in args.overrides)
     if args.data:
         overrides["data.root"] = args.data
+    if args.unsafe_load:
+        overrides["model.safe_mode"] = False
     recipe = recipe.with_overrides(overrides)
     return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite))
 
@@ -164,6 +176,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         "model.source": args.model, "data.root": args.data, "train.epochs": 0,
         "convert.variants": [v.strip() for v in args.variants.split(",") if v.strip()],
         "convert.io_dtype": args.io_dtype, "convert.calibration_samples": args.calibration_samples,
+        "model.safe_mode": not args.unsafe_load,
         **_preprocess_overrides(args), **_gate_overrides(args)}
     if args.labels:
         overrides["data.labels"] = str(Path(args.labels).resolve())
@@ -190,7 +203,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             spec = spec or PreprocessSpec.read_json(files["preprocessing"])
             data = data or recorded_validation_dir(files["report"])
             tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
-            sources.update(stage_sources(path))
+            sources.update(stage_sources(path, safe_mode=not args.unsafe_load))
         else:
             tflites[path.stem] = path
     if args.preprocessing:
@@ -203,7 +216,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if spec is not None and (args.normalization or args.mean or args.std):
         spec = None  # explicit flags win over the run folder's spec
     report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,
-                          config=recipe.verify, sources=sources)
+                          config=recipe.verify, sources=sources, safe_mode=not args.unsafe_load)
     print(report.format_table())
     if args.json_out:
         atomic_write_json(args.json_out, report.to_dict())

@@ -7,6 +7,7 @@ a message that says how to rebuild it, never half-converted.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -86,11 +87,51 @@ def _keras_version_in_archive(path: Path) -> str | None:
         return None
 
 
+UNSAFE_HINT = ("Its Python code would run while loading. If you trust the file, pass --unsafe-load (CLI), "
+               "`model.safe_mode = false` (recipe) or safe_mode=False (API).")
+
+
+def lambda_layers(path: Path) -> list[str]:
+    """Names of Lambda layers in an `.h5` file or SavedModel folder, read from the stored config (no code runs).
+
+    Keras' safe mode only guards the `.keras` format: `.h5` and SavedModel files deserialize a Lambda's
+    marshalled Python code without asking, so they are checked here first."""
+    if path.is_dir():
+        metadata = path / "keras_metadata.pb"
+        text = metadata.read_bytes().decode("utf-8", "replace") if metadata.is_file() else ""
+        found = re.findall(r'"class_name": "Lambda", "config": \{"name": "([^"]+)"', text)
+        return found or (["<unnamed>"] if '"class_name": "Lambda"' in text else [])
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as archive:
+            config = archive.attrs.get("model_config")
+    except (OSError, ImportError):
+        return []
+    if config is None:
+        return []
+    names: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                names.append(str(node.get("config", {}).get("name", "<unnamed>")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(config if isinstance(config, str) else config.decode("utf-8")))
+    return names
+
+
 def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
     """Load a Keras 2 model from `.keras`, `.h5` or a SavedModel folder, and check it is an image classifier.
 
     `safe_mode=False` allows deserializing Lambda layers, which runs code from the file: only for files you trust.
-    Raises `ModelError` when the file is missing, was saved by Keras 3, or is not an image classifier.
+    Raises `ModelError` when the file is missing, was saved by Keras 3, has Lambda layers (in safe mode), or is
+    not an image classifier.
     """
     path = Path(path)
     if not path.exists():
@@ -104,10 +145,15 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
         raise ModelError(f"Folder {str(path)!r} is not a SavedModel (no saved_model.pb).")
     if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelError(f"Received {str(path)!r}; expected a .keras or .h5 file or a SavedModel folder.")
+    lambdas = [] if not safe_mode or path.suffix == ".keras" else lambda_layers(path)
+    if lambdas:
+        raise ModelError(f"{str(path)!r} contains Lambda layers {lambdas}. {UNSAFE_HINT}")
     try:
         kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
         model = keras.models.load_model(path, compile=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable files
+        if safe_mode and "Lambda" in str(error):
+            raise ModelError(f"{str(path)!r} contains a Lambda layer. {UNSAFE_HINT}") from None
         raise ModelError(f"Cannot load Keras model {str(path)!r}: {type(error).__name__}: {error}") from None
     if not isinstance(model, keras.Model):
         raise ModelError(f"{str(path)!r} is a plain TensorFlow SavedModel, not a Keras model; save it with "

@@ -79,7 +79,7 @@ def baseline_model(recipe: Recipe, num_classes: int) -> keras.Model:
     if m.source == MOBILENET_V2:
         return build_mobilenet_v2(num_classes, m.input_size, alpha=m.alpha, weights=m.weights, dropout=m.dropout,
                                   bn_momentum=m.bn_momentum, seed=recipe.train.seed)
-    return load_model(m.source)
+    return load_model(m.source, safe_mode=m.safe_mode)
 
 
 def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | None = None, overwrite: bool = False,
@@ -407,7 +407,7 @@ def open_run_folder(run_dir: str | Path) -> dict[str, Path]:
             "report": run_dir / "report.json"}
 
 
-def stage_sources(run_dir: str | Path) -> dict[str, tuple[str, keras.Model]]:
+def stage_sources(run_dir: str | Path, *, safe_mode: bool = True) -> dict[str, tuple[str, keras.Model]]:
     """For a run folder with fine-tune stages: `<model>_<stage>_<kind>[_fallback]` -> (label, the stage's Keras
     model), for every `.tflite` converted from a stage rather than from the baseline."""
     out, loaded = {}, {}
@@ -417,7 +417,7 @@ def stage_sources(run_dir: str | Path) -> dict[str, tuple[str, keras.Model]]:
                              (tflite.with_name(f"{stem}.keras"), load_model)):
             if path.is_file():
                 if path not in loaded:
-                    loaded[path] = loader(path)
+                    loaded[path] = loader(path, safe_mode=safe_mode)
                 out[tflite.stem] = (f"{stem.rsplit('_', 1)[-1]} Keras", loaded[path])
     return out
 
@@ -425,10 +425,11 @@ def stage_sources(run_dir: str | Path) -> dict[str, tuple[str, keras.Model]]:
 def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path], data_dir: str | Path, *,
                  preprocessing: PreprocessSpec | None = None, preprocess: PreprocessConfig = PreprocessConfig(),
                  labels: str | Path | None = None, config: VerifyConfig = VerifyConfig(),
-                 sources: Mapping[str, tuple[str, keras.Model]] | None = None, log: Log = _stderr) -> ParityReport:
+                 sources: Mapping[str, tuple[str, keras.Model]] | None = None, safe_mode: bool = True,
+                 log: Log = _stderr) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
     it has one). Returns the report; call `.check()` to gate."""
-    model = load_model(keras_path)
+    model = load_model(keras_path, safe_mode=safe_mode)
     shape = image_input_shape(model)
     spec = preprocessing or PreprocessSpec.from_config(preprocess, shape)
     if spec.input_shape != shape:

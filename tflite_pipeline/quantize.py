@@ -29,6 +29,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 
 from .errors import ModelError
 from .layers import check_flat
+from .models import UNSAFE_HINT, lambda_layers
 
 _quant = tfmot.quantization.keras
 SCHEMES = ("default", "prune_preserve", "cluster_preserve")
@@ -173,6 +174,11 @@ def save_qat_model(model: keras.Model, path: str | Path) -> Path:
     return path
 
 
-def load_qat_model(path: str | Path) -> keras.Model:
+def load_qat_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
+    """Reload a QAT model saved by `save_qat_model` (inside tfmot's quantize scope). In safe mode a file with
+    Lambda layers raises `ModelError` instead of running their code."""
+    lambdas = lambda_layers(Path(path)) if safe_mode else []
+    if lambdas:
+        raise ModelError(f"{str(path)!r} contains Lambda layers {lambdas}. {UNSAFE_HINT}")
     with _quant.quantize_scope(CUSTOM_OBJECTS):
         return keras.models.load_model(path, compile=False)

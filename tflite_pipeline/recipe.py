@@ -108,6 +108,7 @@ class ModelConfig(_Section):
     weights: str = "none"        # "none" (random init), "imagenet" (needs network once) or a weights .h5 path
     dropout: float = 0.2
     bn_momentum: float = 0.9     # Keras' 0.999 leaves from-scratch models at chance in inference mode
+    safe_mode: bool = True       # refuse model files with Lambda layers (their code runs on load); false: trusted only
 
     def __post_init__(self) -> None:
         _require(0.0 < self.alpha <= 1.4, self.section, "alpha", self.alpha, "a width multiplier in (0, 1.4]")
