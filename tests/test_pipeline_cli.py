@@ -39,6 +39,18 @@ def test_report_json_and_markdown_agree(tiny_run):
     assert "| int8 .tflite |" in markdown and "parity gate PASSED" in markdown
 
 
+def test_the_manifest_records_versions_inputs_and_the_hash_of_every_output(tiny_run, tiny_data):
+    from tflite_pipeline.runfolder import sha256_file
+
+    manifest = json.loads((tiny_run.run_dir / "manifest.json").read_text())
+    written = sorted(p.name for p in tiny_run.run_dir.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["outputs"]) == written
+    assert all(manifest["outputs"][name] == sha256_file(tiny_run.run_dir / name) for name in written)
+    assert manifest["versions"]["tensorflow"].startswith("2.21") and manifest["recipe"]["train"]["epochs"] == 2
+    assert manifest["data"]["train"]["images"] == 300 and len(manifest["data"]["validation"]["listing_sha256"]) == 64
+    assert manifest["model"] == {"source": "mobilenet_v2", "sha256": None}  # built here, not read from a file
+
+
 def test_existing_run_folder_is_not_overwritten(tiny_recipe, tiny_run):
     before = (tiny_run.run_dir / "report.json").read_bytes()
     with pytest.raises(tp.OutputError, match=r"exists already; choose another --run-name or pass --overwrite"):

@@ -24,7 +24,7 @@ from .inspect import inspect_tflite
 from .models import MOBILENET_V2, build_mobilenet_v2, check_labels, image_input_shape, load_model
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport, StageRecord
-from .runfolder import RunFolder, check_run_name
+from .runfolder import RunFolder, check_run_name, listing_sha256, sha256_tree
 from .bench import LatencyResult, cpu_description, measure_latency
 from .channels import ChannelGraph, ChannelPlan, channel_importance, model_macs, plan_channels, prune_channels
 from .channels import describe as describe_plan
@@ -354,9 +354,25 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         for file, png in figures.items():
             folder.write_bytes(file, png)
         folder.write_text("report.html", report.to_html(figures))
+        folder.write_json("manifest.json", run_manifest(recipe, splits, report.versions, folder.output_hashes()))
     for warning in warnings:
         log(f"warning: {warning}")
     return report
+
+
+def run_manifest(recipe: Recipe, splits: DatasetSplits, versions: Mapping[str, str], outputs: Mapping[str, str]
+                 ) -> dict[str, object]:
+    """What a run was made from and what it wrote: library versions, the recipe, sha256 of the input model
+    file (when the baseline came from a file) and of the data listing (paths and sizes per split), and
+    sha256 of every output file. Written last, as `manifest.json`."""
+    source = Path(recipe.model.source)
+    model = {"source": recipe.model.source,
+             "sha256": sha256_tree(source) if recipe.model.source != MOBILENET_V2 and source.exists() else None}
+    data = {"root": str(splits.root), "class_names": list(splits.class_names),
+            **{name: {"images": len(split), "listing_sha256": listing_sha256(split.files)}
+               for name in ("train", "validation", "calibration") if (split := getattr(splits, name)) is not None}}
+    return {"versions": dict(versions), "recipe": recipe.to_dict(), "model": model, "data": data,
+            "outputs": dict(outputs)}
 
 
 def _latency(model: bytes, recipe: Recipe) -> LatencyResult | None:

@@ -7,6 +7,7 @@ An interrupted run therefore leaves either nothing or a finished folder, never a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,33 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: str | Path) -> str:
+    """One hash over a file, or over a folder's relative file names and contents (e.g. a SavedModel)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def listing_sha256(files: Any) -> str:
+    """Hash of a data listing: each file's path and size (not its pixels: cheap on large datasets)."""
+    digest = hashlib.sha256()
+    for file in sorted(str(f) for f in files):
+        digest.update(f"{file}\0{os.path.getsize(file)}\n".encode())
+    return digest.hexdigest()
+
+
 class RunFolder:
     """Context manager that stages a run folder and publishes it atomically on success.
 
@@ -103,6 +131,12 @@ class RunFolder:
 
     def write_json(self, name: str, data: Any) -> Path:
         return atomic_write_json(self.path(name), data)
+
+    def output_hashes(self) -> dict[str, str]:
+        """sha256 of every file written so far, by path relative to the folder."""
+        assert self.staging is not None
+        return {file.relative_to(self.staging).as_posix(): sha256_file(file)
+                for file in sorted(p for p in self.staging.rglob("*") if p.is_file())}
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
