@@ -147,3 +147,16 @@ def test_cli_bad_input_exit_codes(tmp_path, tiny_data, capsys):
 def test_cli_recipes_lists_default(capsys):
     assert main(["recipes"]) == 0
     assert "default" in capsys.readouterr().out
+
+
+def test_the_ptq_path_is_reproducible_byte_for_byte(tiny_run, tiny_recipe, tmp_path):
+    """Same recipe, seed and inputs: identical .tflite bytes, parity results and manifest hashes of the models."""
+    recipe = tiny_recipe.with_overrides({"model.source": str(tiny_run.run_dir / "mobilenet_v2_float.keras"),
+                                         "model.name": "again", "train.epochs": 0, "bench.enabled": False})
+    first, second = (tp.run(recipe, output_dir=tmp_path, run_name=name, log=lambda _: None) for name in ("a", "b"))
+    for variant in ("float32", "int8"):
+        assert first.tflite_path(variant).read_bytes() == second.tflite_path(variant).read_bytes()
+    assert first.report.parity.to_dict() == second.report.parity.to_dict()
+    hashes = [json.loads((r.run_dir / "manifest.json").read_text())["outputs"] for r in (first, second)]
+    assert {k: v for k, v in hashes[0].items() if k.endswith(".tflite")} == \
+        {k: v for k, v in hashes[1].items() if k.endswith(".tflite")}
