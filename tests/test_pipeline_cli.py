@@ -10,7 +10,7 @@ from tflite_pipeline.cli import main
 from tflite_pipeline.runfolder import atomic_write_bytes
 
 EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_float.keras",
-                  "labels.txt", "preprocessing.json", "report.json", "report.md", "report.html",
+                  "labels.txt", "preprocessing.json", "report.json", "manifest.json", "report.md", "report.html",
                   "report_accuracy_vs_size.png", "report_accuracy_vs_latency.png", "report_stages.png",
                   "report_per_class.png"}
 
