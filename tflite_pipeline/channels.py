@@ -174,9 +174,10 @@ def _trace(model: keras.Model, source: _L.Layer, outbound: Mapping[str, list[str
                 return f"its channels reach {nxt!r}, which is called more than once"
             if _is_consumer(layer):
                 consumers.append(nxt)
-            elif _is_channelwise(layer) or _is_passthrough(layer):
-                if _is_channelwise(layer):
-                    channelwise.append(nxt)
+            elif _is_channelwise(layer):
+                channelwise.append(nxt)
+                frontier.append(nxt)
+            elif _is_passthrough(layer):
                 frontier.append(nxt)
             else:
                 return f"its channels reach {nxt!r} ({type(layer).__name__}), which must keep them"

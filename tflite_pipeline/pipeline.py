@@ -236,7 +236,7 @@ class ExportJob:
         return baseline if self.stage is None else self.stage.model
 
 
-def export_jobs(baseline: keras.Model, stages: list[OptimizedStage], variants: tuple[str, ...]) -> list[ExportJob]:
+def export_jobs(stages: list[OptimizedStage], variants: tuple[str, ...]) -> list[ExportJob]:
     """The recipe's variants of the baseline, the last stage as int8, and a thinned (channel-pruned) stage also
     as float32 when float32 is asked for, so float latency before/after thinning is measured too."""
     jobs = [ExportJob(variant, variant) for variant in variants]
@@ -257,7 +257,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
     warnings = []
     with folder:
         t0 = time.perf_counter()
-        jobs = export_jobs(model, stages, recipe.convert.variants)
+        jobs = export_jobs(stages, recipe.convert.variants)
         representative = None
         if any(job.kind == "int8" for job in jobs):
             representative = representative_dataset(calibration_images(splits, recipe), spec,
