@@ -33,7 +33,7 @@ _LAZY = {
     "measure_latency": "bench", "bench_models": "bench", "cpu_description": "bench",
     "RunReport": "report",
     "export_android": "android", "check_compatibility": "android", "AndroidExport": "android",
-    "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline",
+    "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline", "StageCache": "cache",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by stage

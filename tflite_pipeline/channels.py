@@ -290,6 +290,16 @@ class ChannelPlan:
     def format_table(self) -> str:
         return format_groups(self.to_dict()["groups"])
 
+    def state(self) -> dict[str, Any]:
+        """Everything, the kept channel indices included, as JSON-ready values (what the stage cache stores)."""
+        return {"keep": {name: kept.tolist() for name, kept in self.keep.items()}, "channels": dict(self.channels),
+                "macs_before": self.macs_before, "macs_after": self.macs_after, "ratio": self.ratio,
+                "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ChannelPlan":
+        return cls(**{**state, "keep": {name: np.asarray(kept, np.int64) for name, kept in state["keep"].items()}})
+
 
 def format_groups(groups: Mapping[str, Mapping[str, int]]) -> str:
     """Markdown table of `ChannelPlan.to_dict()["groups"]`: channels before and after per group."""

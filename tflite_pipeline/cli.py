@@ -38,6 +38,12 @@ def _add_unsafe_option(p: argparse.ArgumentParser) -> None:
                         "Only for files you made or trust; without it such files are refused (exit 6)")
 
 
+def _add_skip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip files in the data folders that are not decodable images (each is fully decoded while "
+                        "listing) and count them in the report, instead of failing on the first (exit 5)")
+
+
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalization", choices=NORMALIZATIONS,
                    help="model input range: minus_one_to_one (MobileNetV2), zero_to_one, raw (0-255, the model "
@@ -55,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root with train/ validation/ calibration/ (overrides data.root)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--cache-dir", help="where finished training stages are kept so a stopped run resumes "
+                                       "(default: OUTPUT_DIR/.cache)")
+    p.add_argument("--no-cache", action="store_true", help="train every stage; neither read nor write the cache")
+    _add_skip_option(p)
     _add_unsafe_option(p)
     _add_output_options(p)
 
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, from float32,int8 (default) and float16,dynamic (dynamic-range)")
     p.add_argument("--io-dtype", choices=("int8", "uint8"), default="int8", help="int8 model input/output dtype")
     p.add_argument("--calibration-samples", type=int, default=300, help="representative images (default 300)")
+    _add_skip_option(p)
     _add_unsafe_option(p)
     _add_preprocess_options(p)
     _add_gate_options(p)
@@ -165,8 +176,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["data.root"] = args.data
     if args.unsafe_load:
         overrides["model.safe_mode"] = False
+    if args.skip_bad_images:
+        overrides["data.skip_bad_images"] = True
     recipe = recipe.with_overrides(overrides)
-    return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite))
+    return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
+                           cache_dir=args.cache_dir, use_cache=not args.no_cache))
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -176,7 +190,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         "model.source": args.model, "data.root": args.data, "train.epochs": 0,
         "convert.variants": [v.strip() for v in args.variants.split(",") if v.strip()],
         "convert.io_dtype": args.io_dtype, "convert.calibration_samples": args.calibration_samples,
-        "model.safe_mode": not args.unsafe_load,
+        "model.safe_mode": not args.unsafe_load, "data.skip_bad_images": args.skip_bad_images,
         **_preprocess_overrides(args), **_gate_overrides(args)}
     if args.labels:
         overrides["data.labels"] = str(Path(args.labels).resolve())

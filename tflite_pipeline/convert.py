@@ -16,9 +16,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from .data import ImageFolder, PreprocessSpec
-from .errors import ConversionError, DataError
+from .errors import ConversionError, DataError, ModelError
 from .inspect import inspect_tflite
-from .models import image_input_shape
+from .models import check_finite_weights, first_non_finite_layer, image_input_shape
 from .recipe import ALL_VARIANTS
 
 RepresentativeDataset = Callable[[], Iterable[list[np.ndarray]]]
@@ -93,11 +93,27 @@ def int8_converter(model: keras.Model, representative: RepresentativeDataset, *,
     return converter
 
 
+def check_finite_activations(model: keras.Model, representative: RepresentativeDataset, batch_size: int = 32) -> None:
+    """Run the model on the calibration images; raise `ModelError` naming the first layer whose activations
+    hold NaN or Inf (the converter would calibrate on them without complaint)."""
+    samples = [inputs[0] for inputs in representative()]
+    for start in range(0, len(samples), batch_size):
+        images = np.concatenate(samples[start:start + batch_size])
+        if not np.all(np.isfinite(model(images, training=False))):
+            layer = first_non_finite_layer(model, images)
+            raise ModelError(f"Model {model.name!r} produces NaN or Inf activations on the calibration images"
+                             + (f", first in layer {layer!r}" if layer else "") + "; int8 calibration needs finite "
+                             "ranges. Check that layer's weights and the preprocessing (normalization) the model "
+                             "expects.")
+
+
 def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8") -> bytes:
     """Strict full-integer `.tflite`: int8 kernels only, per-channel weights, `io_dtype` input/output.
 
-    Raises `ConversionError` naming the ops that cannot run in int8.
+    Raises `ConversionError` naming the ops that cannot run in int8, `ModelError` when the calibration
+    images give NaN/Inf activations.
     """
+    check_finite_activations(model, representative)
     flatbuffer = _run(int8_converter(model, representative, io_dtype=io_dtype), "full-integer int8")
     leftovers = inspect_tflite(flatbuffer).float_ops
     if leftovers:
@@ -131,7 +147,8 @@ def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False
 
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
                     io_dtype: str = "int8") -> bytes:
-    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`."""
+    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`. NaN/Inf weights are a `ModelError`."""
+    check_finite_weights(model)
     if variant == "float32":
         return convert_float32(model)
     if variant == "float16":

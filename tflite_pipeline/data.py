@@ -166,23 +166,26 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """A classification split on disk: `root/<class name>/<image>`; labels index `class_names`."""
+    """A classification split on disk: `root/<class name>/<image>`; labels index `class_names`.
+    `skipped` lists the files left out by `scan(..., skip_bad=True)`."""
 
     root: Path
     class_names: tuple[str, ...]
     files: tuple[str, ...] = field(repr=False)
     labels: tuple[int, ...] = field(repr=False)
+    skipped: tuple[str, ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
 
     @classmethod
-    def scan(cls, root: str | Path, class_names: Sequence[str] | None = None, *, check_images: bool = True
-             ) -> "ImageFolder":
+    def scan(cls, root: str | Path, class_names: Sequence[str] | None = None, *, check_images: bool = True,
+             skip_bad: bool = False) -> "ImageFolder":
         """List a folder. Class order: `class_names` (e.g. from labels.txt) else sorted folder names.
 
         Raises `DataError` for a missing or empty folder, a class folder with no images, a file that
-        is not an image, and (with `check_images`) a file Pillow cannot identify.
+        is not an image, and (with `check_images`) a file Pillow cannot identify. With `skip_bad`, files
+        that are not images or do not fully decode are left out and listed in `skipped` instead.
         """
         root = Path(root)
         if not root.is_dir():
@@ -203,30 +206,36 @@ class ImageFolder:
                                 f"missing folders {missing}, folders not in the labels {extra}.")
         files: list[str] = []
         labels: list[int] = []
+        skipped: list[str] = []
         for index, name in enumerate(class_names):
-            entries = sorted(p for p in (root / name).iterdir() if not p.name.startswith("."))
-            not_images = [p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
-            if not_images:
-                raise DataError(f"{str(root / name)!r} holds files that are not images: {not_images[:5]}; "
-                                f"expected only {', '.join(IMAGE_SUFFIXES)} files. Move them out.")
-            images = [p for p in entries if p.is_file()]
-            if not images:
-                raise DataError(f"Class folder {str(root / name)!r} has no images; add images or remove the "
-                                "class (and its line in labels.txt).")
-            if check_images:
+            entries = sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))
+            not_images = [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if not_images and not skip_bad:
+                raise DataError(f"{str(root / name)!r} holds files that are not images: "
+                                f"{[p.name for p in not_images[:5]]}; expected only {', '.join(IMAGE_SUFFIXES)} "
+                                "files. Move them out (or set data.skip_bad_images = true to skip and count them).")
+            images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+            if skip_bad:
+                undecodable = [p for p in images if not _decodes(p)]
+                images = [p for p in images if p not in undecodable]
+                skipped.extend(str(p) for p in not_images + undecodable)
+            elif check_images:
                 for path in images:
                     _check_identifiable(path)
+            if not images:
+                raise DataError(f"Class folder {str(root / name)!r} has no " + ("usable " if skip_bad else "") +
+                                "images; add images or remove the class (and its line in labels.txt).")
             files.extend(str(p) for p in images)
             labels.extend([index] * len(images))
-        return cls(root=root, class_names=tuple(class_names), files=tuple(files), labels=tuple(labels))
+        return cls(root=root, class_names=tuple(class_names), files=tuple(files), labels=tuple(labels),
+                   skipped=tuple(sorted(skipped)))
 
     def subset(self, count: int, seed: int = 0) -> "ImageFolder":
         """A deterministic random subset of `count` files (all of them when there are fewer)."""
         if count >= len(self):
             return self
         order = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
-        return ImageFolder(self.root, self.class_names, tuple(self.files[i] for i in order),
-                           tuple(self.labels[i] for i in order))
+        return replace(self, files=tuple(self.files[i] for i in order), labels=tuple(self.labels[i] for i in order))
 
     def dataset(self, spec: PreprocessSpec, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 augment: bool = False):
@@ -267,6 +276,16 @@ def _check_identifiable(path: Path) -> None:
         raise _decode_error(path, error) from None
 
 
+def _decodes(path: Path) -> bool:
+    """Whether Pillow decodes the whole file (a truncated file passes `verify` but fails here)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except _DECODE_ERRORS:
+        return False
+
+
 def _decode_error(path: str | Path, error: Exception) -> DataError:
     return DataError(f"Cannot decode image {str(path)!r} ({type(error).__name__}: {error}); "
                      "remove or replace the file.")
@@ -300,12 +319,18 @@ class DatasetSplits:
         return {name: len(split) for name in ("train", "validation", "calibration")
                 if (split := getattr(self, name)) is not None}
 
+    def skipped(self) -> dict[str, list[str]]:
+        """Files each split left out (`skip_bad_images`); empty when nothing was skipped."""
+        return {name: list(split.skipped) for name in ("train", "validation", "calibration")
+                if (split := getattr(self, name)) is not None and split.skipped}
+
 
 def open_splits(root: str | Path, *, train: str = "train", validation: str = "validation",
-                calibration: str = "calibration", labels: str = "labels.txt", need_train: bool = True
-                ) -> DatasetSplits:
+                calibration: str = "calibration", labels: str = "labels.txt", need_train: bool = True,
+                skip_bad_images: bool = False) -> DatasetSplits:
     """Open `root/{train,validation,calibration}`. A root that is itself a class folder layout (no
-    split sub-folders) serves as both validation and calibration data (no training possible)."""
+    split sub-folders) serves as both validation and calibration data (no training possible).
+    `skip_bad_images`: leave out (and list) files that are not decodable images instead of failing."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Data folder {str(root)!r} does not exist.")
@@ -316,7 +341,7 @@ def open_splits(root: str | Path, *, train: str = "train", validation: str = "va
         if need_train:
             raise DataError(f"Data folder {str(root)!r} has no `{train}/`, `{validation}/` and "
                             f"`{calibration}/` splits; training needs them.")
-        folder = ImageFolder.scan(root, class_names)
+        folder = ImageFolder.scan(root, class_names, skip_bad=skip_bad_images)
         return DatasetSplits(root, folder.class_names, None, folder, folder)
     for name in (validation, calibration) + ((train,) if need_train else ()):
         if not (root / name).is_dir():
@@ -324,9 +349,11 @@ def open_splits(root: str | Path, *, train: str = "train", validation: str = "va
     if class_names is None:
         first = root / (train if need_train else validation)
         class_names = tuple(sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    train_folder = ImageFolder.scan(root / train, class_names) if need_train else None
-    return DatasetSplits(root, tuple(class_names), train_folder, ImageFolder.scan(root / validation, class_names),
-                         ImageFolder.scan(root / calibration, class_names))
+    def scan(split: str) -> ImageFolder:
+        return ImageFolder.scan(root / split, class_names, skip_bad=skip_bad_images)
+
+    return DatasetSplits(root, tuple(class_names), scan(train) if need_train else None, scan(validation),
+                         scan(calibration))
 
 
 def bundled_data_root() -> Path:

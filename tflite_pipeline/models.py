@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import tf_keras as keras
 
 from .errors import ModelError
@@ -209,3 +210,26 @@ def check_labels(model: keras.Model, class_names: Sequence[str], source: str) ->
     if num_classes(model) != len(class_names):
         raise ModelError(f"Model {model.name!r} outputs {num_classes(model)} classes but {source} lists "
                          f"{len(class_names)}; use the labels.txt the model was trained with.")
+
+
+def check_finite_weights(model: keras.Model) -> None:
+    """Raise `ModelError` naming the layers whose weights hold NaN or Inf (a broken file, or training that
+    diverged): int8 calibration of such a model gives garbage scales, silently."""
+    bad = [f"{layer.name} ({weight.name.rsplit('/', 1)[-1]})" for layer in model.layers for weight in layer.weights
+           if not np.all(np.isfinite(weight.numpy()))]
+    if bad:
+        raise ModelError(f"Model {model.name!r} has NaN or Inf weights in {bad[:5]}" + (" ..." if len(bad) > 5 else "")
+                         + "; retrain it (a lower learning rate if training diverged) or load an intact file.")
+
+
+def first_non_finite_layer(model: keras.Model, images: np.ndarray) -> str | None:
+    """The first layer (in graph order) whose output on `images` holds NaN or Inf, or None."""
+    try:
+        probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
+    except (AttributeError, ValueError):  # a shared layer has no single output to probe
+        return None
+    outputs = probe(images, training=False)
+    for layer, output in zip(model.layers[1:], outputs if isinstance(outputs, list) else [outputs], strict=True):
+        if not np.all(np.isfinite(np.asarray(output))):
+            return layer.name
+    return None

@@ -10,7 +10,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -21,10 +21,11 @@ from .convert import RepresentativeDataset, convert_variant, representative_data
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
 from .errors import DataError, ModelError, OutputError
 from .inspect import inspect_tflite
-from .models import MOBILENET_V2, build_mobilenet_v2, check_labels, image_input_shape, load_model
+from .models import MOBILENET_V2, build_mobilenet_v2, check_finite_weights, check_labels, image_input_shape, load_model
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport, StageRecord
 from .runfolder import RunFolder, check_run_name, listing_sha256, sha256_tree
+from .cache import CachedStage, StageCache, inputs_key, stage_key
 from .bench import LatencyResult, cpu_description, measure_latency
 from .channels import ChannelGraph, ChannelPlan, channel_importance, model_macs, plan_channels, prune_channels
 from .channels import describe as describe_plan
@@ -83,17 +84,22 @@ def baseline_model(recipe: Recipe, num_classes: int) -> keras.Model:
 
 
 def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | None = None, overwrite: bool = False,
-        log: Log = _stderr) -> RunResult:
+        cache_dir: str | Path | None = None, use_cache: bool = True, log: Log = _stderr) -> RunResult:
     """Run a recipe end to end and publish `output_dir/run_name/`.
 
     The run folder is written (with its report) even when the parity gate fails; check
     `result.passed` or call `result.report.parity.check()`. Raises `PipelineError` subclasses for
     bad input, before any long work where it can be detected up front.
+
+    Finished training stages are cached in `cache_dir` (default `output_dir/.cache`; see `cache.py`): a run
+    stopped midway resumes from its last finished stage. `use_cache=False` trains every stage.
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     folder = RunFolder(Path(output_dir) / check_run_name(run_name or recipe.name), overwrite=overwrite)
     folder.check_available()
+    if recipe.train.deterministic:
+        enable_determinism(log)
 
     def stage(name: str, t0: float) -> None:
         seconds[name] = round(time.perf_counter() - t0, 2)
@@ -102,35 +108,83 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
     training = recipe.train.epochs > 0
     d = recipe.data
     splits = open_splits(data_root(recipe), train=d.train, validation=d.validation, calibration=d.calibration,
-                         labels=d.labels, need_train=training or recipe.optimizes)
+                         labels=d.labels, need_train=training or recipe.optimizes, skip_bad_images=d.skip_bad_images)
     log(f"[data] {splits.root}: {len(splits.class_names)} classes, " +
         ", ".join(f"{k} {v}" for k, v in splits.counts().items()))
     model = baseline_model(recipe, len(splits.class_names))
     check_labels(model, splits.class_names, f"the labels of {str(splits.root)!r}")
     spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model))
     preflight(recipe, model)
+    cache = StageCache((cache_dir or Path(output_dir) / ".cache") if use_cache else None, log=log)
+    keys = stage_keys(recipe, inputs_key(model, splits, {"preprocess": spec.to_dict()}))
+    reused: list[str] = []
     stage("prepare", t0)
 
     if training:
         t0 = time.perf_counter()
-        log(f"[train] {model.name}, {model.count_params():,} parameters, input {spec.input_shape}")
-        model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation, log=log)
+        key = keys["baseline"]
+        cached = cache.get("baseline", key)
+        if cached is not None:
+            model = cached.model
+            reused.append("baseline")
+            log(f"[train] finished by an earlier run with the same inputs: loaded {cache.entry('baseline', key)}")
+        else:
+            log(f"[train] {model.name}, {model.count_params():,} parameters, input {spec.input_shape}")
+            model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation, log=log)
+            cache.put("baseline", key, model, {})
         stage("train", t0)
 
-    stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log)
+    stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log, cache=cache, keys=keys, reused=reused)
     report = export_and_verify(model, splits, spec, recipe, folder, name=model_name(recipe), seconds=seconds,
-                               started=started, stages=stages, log=log)
+                               started=started, stages=stages, reused=tuple(reused), log=log)
     log(f"[done] {folder.final} in {report.seconds['total']:.0f} s; parity gate "
         f"{'passed' if report.passed else 'FAILED'}")
     return RunResult(folder.final, report)
 
 
+def enable_determinism(log: Log = _stderr) -> None:
+    """TensorFlow op determinism (process-wide, cannot be turned off): identical training for identical inputs."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    log("[determinism] TensorFlow op determinism on: training stages are bit-reproducible (and slower)")
+
+
 _QAT_LABELS = {"default": "qat", "prune_preserve": "pqat", "cluster_preserve": "cqat"}
 
 
+def qat_scheme(recipe: Recipe) -> str:
+    """tfmot's QAT scheme after the recipe's earlier stages: prune- or cluster-preserving, else the default."""
+    return "prune_preserve" if recipe.prune.enabled else "cluster_preserve" if recipe.cluster.enabled else "default"
+
+
+def training_stages(recipe: Recipe) -> list[tuple[str, list[object]]]:
+    """`(label, the settings that shape it)` for each training stage of the recipe, in run order."""
+    distill = recipe.distill.to_dict() if recipe.distill.enabled else None
+    stages: list[tuple[str, list[object]]] = [("baseline", [])] if recipe.train.epochs > 0 else []
+    for label, section in (("thinned", recipe.channels), ("pruned", recipe.prune), ("clustered", recipe.cluster)):
+        if section.enabled:
+            stages.append((label, [section.to_dict(), distill]))
+    if recipe.qat.enabled:
+        stages.append((_QAT_LABELS[qat_scheme(recipe)],
+                       [recipe.qat.to_dict(), recipe.convert.calibration_samples, distill]))
+    return stages
+
+
+def stage_keys(recipe: Recipe, inputs: str) -> dict[str, str]:
+    """Cache key of each training stage: the `[train]` section chained onto `inputs` (versions, initial model,
+    data), then each stage's key over the one before it and its own settings. A changed setting therefore
+    changes the keys of its stage and of every stage after it, and of no other."""
+    keys, key = {}, stage_key(inputs, "train", recipe.train.to_dict())
+    for label, settings in training_stages(recipe):
+        key = keys[label] = stage_key(key, label, *settings)
+    return keys
+
+
 def preflight(recipe: Recipe, model: keras.Model) -> None:
-    """Fail before any training on settings the model cannot take (channel groups and MAC budget, layer patterns,
-    cluster counts, QAT support)."""
+    """Fail before any training on a model or settings that cannot work (NaN/Inf weights, channel groups and MAC
+    budget, layer patterns, cluster counts, QAT support)."""
+    check_finite_weights(model)
     if recipe.channels.enabled:  # the groups exist and the budget can be met (scored by l1: no data needed)
         graph = ChannelGraph.of(model)
         plan_channels(graph, channel_importance(graph, "l1") if graph.groups else {}, recipe.channels)
@@ -158,69 +212,127 @@ class OptimizedStage:
     is_qat: bool = False
     channel_plan: ChannelPlan | None = None   # the thinned stage: which channels survived
 
+    def cache_info(self) -> dict[str, object]:
+        return {"record": asdict(self.record),
+                "channel_plan": self.channel_plan.state() if self.channel_plan is not None else None}
+
+    @classmethod
+    def from_cache(cls, label: str, cached: CachedStage, *, is_qat: bool) -> "OptimizedStage":
+        plan = cached.info["channel_plan"]
+        return cls(label, cached.model, StageRecord.from_dict(cached.info["record"]), is_qat=is_qat,
+                   channel_plan=ChannelPlan.from_state(plan) if plan is not None else None)
+
 
 def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe, *,
-             seconds: dict[str, float], log: Log = _stderr) -> list[OptimizedStage]:
-    """Chain the recipe's fine-tune stages on the float baseline: [channels] -> [prune | cluster] -> [QAT]."""
+             seconds: dict[str, float], log: Log = _stderr, cache: StageCache = StageCache(None),
+             keys: Mapping[str, str] | None = None, reused: list[str] | None = None) -> list[OptimizedStage]:
+    """Chain the recipe's fine-tune stages on the float baseline: [channels] -> [prune | cluster] -> [QAT].
+
+    A stage found in `cache` under its key (`stage_keys`) is loaded instead of trained, and its label appended
+    to `reused`."""
     if not recipe.optimizes:
         return []
     distill = recipe.distill if recipe.distill.enabled else None
     tuner = FineTuner(train=splits.train, spec=spec, batch_size=recipe.train.batch_size, seed=recipe.train.seed,
                       augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill, log=log)
     stages: list[OptimizedStage] = []
-    current, scheme, weights_info = baseline, "default", {}
-    macs = model_macs(baseline)
 
-    def record(label: str, model: keras.Model, t0: float, **weights_info) -> StageRecord:
+    def record(label: str, model: keras.Model, t0: float, macs: int, **weights_info) -> StageRecord:
         seconds[label] = round(time.perf_counter() - t0, 2)
         top1 = keras_accuracy(model, splits.validation, spec, recipe.verify.batch_size)
         log(f"  {label}: Keras top-1 {top1:.2%}")
         return StageRecord(name=label, keras_top1=top1, parameters=int(model.count_params()), macs=macs,
                            **weights_info)
 
+    def run_stage(label: str, train: Callable[[float], OptimizedStage], *, is_qat: bool = False) -> OptimizedStage:
+        """Train the stage, or load it when an earlier run finished it with the same inputs."""
+        key = (keys or {}).get(label, "")
+        t0 = time.perf_counter()
+        cached = cache.get(label, key) if key else None
+        if cached is not None:
+            stage = OptimizedStage.from_cache(label, cached, is_qat=is_qat)
+            seconds[label] = round(time.perf_counter() - t0, 2)
+            log(f"[{label}] finished by an earlier run with the same inputs: loaded {cache.entry(label, key)} "
+                f"(Keras top-1 {stage.record.keras_top1:.2%})")
+            if reused is not None:
+                reused.append(label)
+        else:
+            stage = train(t0)
+            if key:
+                cache.put(label, key, stage.model, stage.cache_info(), qat=is_qat)
+        stages.append(stage)
+        return stage
+
+    def previous() -> tuple[keras.Model, int, dict[str, object]]:
+        """The model the next stage starts from, its MACs, and the weight facts QAT inherits (layers, sparsity)."""
+        if not stages:
+            return baseline, model_macs(baseline), {}
+        r = stages[-1].record
+        inherited = {"layers": r.layers, "sparsity": r.sparsity, "clusters": r.clusters}
+        return stages[-1].model, r.macs, {k: v for k, v in inherited.items() if v not in (None, ())}
+
     if recipe.channels.enabled:
-        t0, c = time.perf_counter(), recipe.channels
-        scored = splits.calibration.subset(c.samples, seed=recipe.train.seed)
-        log(f"[channels] scoring channels by {c.criterion}" +
-            (f" on {len(scored)} calibration images" if c.criterion == "activation" else ""))
-        current, plan = prune_channels(current, c, (images for images, _ in
-                                                    scored.batches(spec, recipe.train.batch_size)))
-        macs = plan.macs_after
-        log(f"  {describe_plan(plan)}")
-        if c.epochs:
-            current = tuner.fit(current, epochs=c.epochs, learning_rate=c.learning_rate)
-        stages.append(OptimizedStage("thinned", current, record("thinned", current, t0), channel_plan=plan))
+        c = recipe.channels
+
+        def thin(t0: float) -> OptimizedStage:
+            scored = splits.calibration.subset(c.samples, seed=recipe.train.seed)
+            log(f"[channels] scoring channels by {c.criterion}" +
+                (f" on {len(scored)} calibration images" if c.criterion == "activation" else ""))
+            thinned, plan = prune_channels(previous()[0], c, (images for images, _ in
+                                                              scored.batches(spec, recipe.train.batch_size)))
+            log(f"  {describe_plan(plan)}")
+            if c.epochs:
+                thinned = tuner.fit(thinned, epochs=c.epochs, learning_rate=c.learning_rate)
+            return OptimizedStage("thinned", thinned, record("thinned", thinned, t0, plan.macs_after),
+                                  channel_plan=plan)
+
+        run_stage("thinned", thin)
     if recipe.prune.enabled:
-        t0, p = time.perf_counter(), recipe.prune
-        wrapped, layers = prune_low_magnitude(current, p, tuner.steps(p.epochs))
-        log(f"[prune] {len(layers)} layers, {p.structure} {p.schedule} "
-            f"{p.initial_sparsity:.0%}->{p.target_sparsity:.0%}" if p.structure == "unstructured" else
-            f"[prune] {len(layers)} layers, 2:4 structured")
-        current = strip_pruning(tuner.fit(wrapped, epochs=p.epochs, learning_rate=p.learning_rate,
-                                          callbacks=pruning_callbacks()))
-        sparsity = kernel_sparsity(current, layers)
-        weights_info = {"layers": tuple(layers), "sparsity": sum(sparsity.values()) / len(sparsity)}
-        scheme = "prune_preserve"
-        stages.append(OptimizedStage("pruned", current, record("pruned", current, t0, **weights_info)))
+        p = recipe.prune
+
+        def prune(t0: float) -> OptimizedStage:
+            current, macs, _ = previous()
+            wrapped, layers = prune_low_magnitude(current, p, tuner.steps(p.epochs))
+            log(f"[prune] {len(layers)} layers, {p.structure} {p.schedule} "
+                f"{p.initial_sparsity:.0%}->{p.target_sparsity:.0%}" if p.structure == "unstructured" else
+                f"[prune] {len(layers)} layers, 2:4 structured")
+            pruned = strip_pruning(tuner.fit(wrapped, epochs=p.epochs, learning_rate=p.learning_rate,
+                                             callbacks=pruning_callbacks()))
+            sparsity = kernel_sparsity(pruned, layers)
+            return OptimizedStage("pruned", pruned, record("pruned", pruned, t0, macs, layers=tuple(layers),
+                                                           sparsity=sum(sparsity.values()) / len(sparsity)))
+
+        run_stage("pruned", prune)
     if recipe.cluster.enabled:
-        t0, c = time.perf_counter(), recipe.cluster
-        wrapped, layers = cluster_weights(current, c)
-        log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
-        current = strip_clustering(tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
-        weights_info = {"layers": tuple(layers), "clusters": max(unique_weights(current, layers).values())}
-        scheme = "cluster_preserve"
-        stages.append(OptimizedStage("clustered", current, record("clustered", current, t0, **weights_info)))
+        c = recipe.cluster
+
+        def cluster(t0: float) -> OptimizedStage:
+            current, macs, _ = previous()
+            wrapped, layers = cluster_weights(current, c)
+            log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
+            clustered = strip_clustering(tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
+            return OptimizedStage("clustered", clustered, record(
+                "clustered", clustered, t0, macs, layers=tuple(layers),
+                clusters=max(unique_weights(clustered, layers).values())))
+
+        run_stage("clustered", cluster)
     if recipe.qat.enabled:
-        t0, q = time.perf_counter(), recipe.qat
+        q = recipe.qat
+        scheme = qat_scheme(recipe)
         label = _QAT_LABELS[scheme]
-        log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
-        calibration = None
-        if q.calibrate_ranges:
-            calibration = (images for images, _ in
-                           calibration_images(splits, recipe).batches(spec, recipe.train.batch_size))
-        qat = quantize_aware(current, scheme, calibration=calibration)
-        current = tuner.fit(qat, epochs=q.epochs, learning_rate=q.learning_rate)
-        stages.append(OptimizedStage(label, current, record(label, current, t0, **weights_info), is_qat=True))
+
+        def quantize(t0: float) -> OptimizedStage:
+            current, macs, inherited = previous()
+            log(f"[{label}] quantization-aware fine-tune ({scheme.replace('_', '-')} scheme)")
+            calibration = None
+            if q.calibrate_ranges:
+                calibration = (images for images, _ in
+                               calibration_images(splits, recipe).batches(spec, recipe.train.batch_size))
+            qat = tuner.fit(quantize_aware(current, scheme, calibration=calibration), epochs=q.epochs,
+                            learning_rate=q.learning_rate)
+            return OptimizedStage(label, qat, record(label, qat, t0, macs, **inherited), is_qat=True)
+
+        run_stage(label, quantize, is_qat=True)
     return stages
 
 
@@ -250,11 +362,16 @@ def export_jobs(stages: list[OptimizedStage], variants: tuple[str, ...]) -> list
 
 def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
                       folder: RunFolder, *, name: str, seconds: dict[str, float], started: float,
-                      stages: list[OptimizedStage] = (), log: Log = _stderr) -> RunReport:
+                      stages: list[OptimizedStage] = (), reused: tuple[str, ...] = (), log: Log = _stderr
+                      ) -> RunReport:
     """Convert every variant, verify them against `model`, and write the complete run folder.
 
     `seconds` holds the earlier stages' wall times; `started` is the run's `time.perf_counter()` start."""
     warnings = []
+    skipped = sorted({file for files in splits.skipped().values() for file in files})
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} files that are not decodable images (data.skip_bad_images): "
+                        + ", ".join(repr(Path(f).name) for f in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     with folder:
         t0 = time.perf_counter()
         jobs = export_jobs(stages, recipe.convert.variants)
@@ -339,7 +456,8 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         report = RunReport(
             run_name=folder.final.name, recipe=recipe.to_dict(),
             versions={"python": platform.python_version(), **env.library_versions()},
-            data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts()},
+            data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts(),
+                  "skipped_files": len(skipped), "skipped": splits.skipped()},
             model={"name": name, "keras_name": model.name, "input_shape": list(spec.input_shape),
                    "classes": len(splits.class_names), "parameters": int(model.count_params())},
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
@@ -347,7 +465,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
                     *(s.record for s in stages)),
             channels=next((s.channel_plan.to_dict() for s in stages if s.channel_plan), None),
             warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks),
-            machine=cpu_description())
+            machine=cpu_description(), reused_stages=reused)
         folder.write_json("report.json", report.to_dict())
         folder.write_text("report.md", report.to_markdown())
         figures = report.figures()

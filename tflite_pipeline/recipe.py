@@ -128,6 +128,9 @@ class DataConfig(_Section):
     validation: str = "validation"
     calibration: str = "calibration"
     labels: str = "labels.txt"   # relative to root; when absent, classes are the sorted folder names
+    # false (default): a file that is not a decodable image fails the run, naming it. true: such files are
+    # skipped (each is fully decoded while listing), counted and named in the report
+    skip_bad_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,9 @@ class TrainConfig(_Section):
     learning_rate: float = 2e-3
     seed: int = 0
     augment: bool = True         # random horizontal flips
+    # TensorFlow op determinism: training stages give bit-identical weights for identical inputs (slower;
+    # process-wide once on). Conversion and verification are deterministic either way.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 0, self.section, "epochs", self.epochs, "an integer >= 0 (0 skips training)")

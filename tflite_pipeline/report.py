@@ -7,7 +7,7 @@ import base64
 import html
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from .bench import LatencyResult
 from .channels import format_groups
@@ -27,6 +27,10 @@ class StageRecord:
     sparsity: float | None = None         # mean zero fraction over those layers (Keras side)
     clusters: int | None = None           # most distinct values in one clustered kernel
     macs: int | None = None               # multiply-accumulates per image (channel pruning lowers them)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StageRecord":
+        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class RunReport:
     fallbacks: tuple[FallbackResult, ...] = ()
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
+    reused_stages: tuple[str, ...] = ()                     # training stages loaded from the stage cache
 
     @property
     def passed(self) -> bool:
@@ -90,7 +95,7 @@ class RunReport:
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
-            "channels": self.channels,
+            "channels": self.channels, "reused_stages": list(self.reused_stages),
         }
 
     def artifact(self, variant: str) -> ModelArtifact | None:
@@ -197,6 +202,9 @@ class RunReport:
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"# Run `{self.run_name}`: parity gate {status}", ""]
         lines += [f"> warning: {w}" for w in self.warnings] + ([""] if self.warnings else [])
+        if self.reused_stages:
+            lines += [f"Stages finished by an earlier run with the same inputs, loaded from the stage cache: "
+                      f"{', '.join(self.reused_stages)}.", ""]
         lines += [f"Model `{self.model['name']}`: input {self.model['input_shape']}, {self.model['classes']} classes, "
                   f"{self.model['parameters']:,} parameters. Validation data: `{self.parity.data}` "
                   f"({self.parity.num_images} images).", "", "## Parity (LiteRT vs float Keras, same images)", "",

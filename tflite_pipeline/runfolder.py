@@ -7,6 +7,7 @@ An interrupted run therefore leaves either nothing or a finished folder, never a
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -61,6 +62,51 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def temporary_dir(parent: Path, prefix: str) -> Path:
+    """A new hidden folder `parent/<prefix><pid>-<random>` for staging; `remove_stale` clears those of dead
+    processes (a run killed with SIGKILL cannot clean up after itself)."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def remove_stale(parent: Path, prefix: str) -> list[Path]:
+    """Delete the staging folders under `parent` made by `temporary_dir(parent, prefix)` in processes that are
+    no longer alive. Returns what was removed."""
+    removed = []
+    for path in parent.glob(f"{glob.escape(prefix)}*") if parent.is_dir() else ():
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder: Path) -> None:
+    """Raise `OutputError` unless `folder` (or its nearest existing parent, where it would be created) is a folder
+    this process can create files in. Probes with a temporary file: permission bits alone mislead root."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"Cannot write into {str(folder)!r}: {str(existing)!r} is a file, not a folder; choose "
+                          "another --output-dir.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputError(f"Cannot write into {str(folder)!r} ({str(existing)!r}: {error.strerror}); choose a "
+                          "writable --output-dir.") from None
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -102,19 +148,26 @@ class RunFolder:
         self.staging: Path | None = None
 
     def check_available(self) -> None:
-        """Raise `OutputError` now (before any long work) if the folder exists and may not be replaced."""
+        """Raise `OutputError` now (before any long work) if the folder exists and may not be replaced, or its
+        parent cannot be written."""
         if self.final.exists() and not self.overwrite:
             raise OutputError(f"Run folder {str(self.final)!r} exists already; choose another --run-name or pass "
                               "--overwrite to replace it.")
+        check_writable(self.final.parent)
 
     def __enter__(self) -> "RunFolder":
         self.check_available()
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
+            remove_stale(self.final.parent, self._staging_prefix)
+            self.staging = temporary_dir(self.final.parent, self._staging_prefix)
         except OSError as error:
             raise OutputError(f"Cannot create a run folder in {str(self.final.parent)!r}: {error.strerror}.") from None
         return self
+
+    @property
+    def _staging_prefix(self) -> str:
+        return f".{self.final.name}.partial-"
 
     def path(self, name: str) -> Path:
         assert self.staging is not None, "use RunFolder as a context manager"

@@ -1,0 +1,148 @@
+"""The stage cache: each finished training stage is kept under a key over everything it was made from, so a
+run killed in the middle of a stage resumes from the last finished one, and a changed setting retrains
+exactly the stages downstream of it.
+
+    inputs   = H(Python and library versions, architecture + weights of the initial model,
+                 data manifest (class names; per split: paths and sizes), [preprocess])
+    baseline = H(H(inputs, [train]), "baseline")          the trained float model
+    stage    = H(previous key, its section, [distill])   thinned, pruned / clustered, qat / pqat / cqat in turn
+
+(`pipeline.stage_keys` builds the chain.)
+An entry is a folder `<cache>/<stage>-<key>/` with the Keras model and `stage.json` (what the stage measured,
+and the model file's sha256, checked on load). It is staged under a temporary name and renamed into place
+when complete, so an entry that exists is whole; a killed process leaves at most a temporary folder, which
+is never read and is removed by the next run. Deleting the cache is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import tf_keras as keras
+
+from . import env
+from .data import DatasetSplits
+from .errors import OutputError
+from .quantize import load_qat_model, save_qat_model
+from .runfolder import atomic_write_json, listing_sha256, remove_stale, sha256_file, temporary_dir
+
+CACHE_FORMAT = 1
+_TEMPORARY = ".tmp-"
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 of JSON-encoded parts (dict keys sorted): the same settings always give the same key."""
+    text = json.dumps([CACHE_FORMAT, *parts], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 over a model's architecture (its JSON config) and every weight's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(model.to_json().encode())
+    for weight in model.weights:
+        value = weight.numpy()
+        digest.update(f"{weight.name}|{value.dtype}|{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def data_manifest(splits: DatasetSplits) -> dict[str, Any]:
+    """What the data contributes to a key: the class names and each split's listing (paths and sizes)."""
+    return {"class_names": list(splits.class_names),
+            **{name: listing_sha256(split.files) for name in ("train", "validation", "calibration")
+               if (split := getattr(splits, name)) is not None}}
+
+
+def inputs_key(model: keras.Model, splits: DatasetSplits, sections: Mapping[str, Any]) -> str:
+    """The key every stage chains from: versions, the initial model, the data and the shared recipe sections."""
+    versions = {"python": platform.python_version(), **env.library_versions()}
+    return fingerprint("inputs", versions, weights_fingerprint(model), data_manifest(splits), dict(sections))
+
+
+def stage_key(previous: str, label: str, *sections: Any) -> str:
+    """The key of a stage made from the stage keyed `previous` with these settings (recipe section dicts)."""
+    return fingerprint(previous, label, *sections)
+
+
+@dataclass(frozen=True)
+class CachedStage:
+    """A stage read back from the cache: its model and what it recorded (`stage.json`'s `info`)."""
+
+    model: keras.Model
+    info: dict[str, Any]
+
+
+class StageCache:
+    """Finished stages on disk under `root` (None: no cache; every stage runs)."""
+
+    def __init__(self, root: str | Path | None, *, log: Callable[[str], None] = print) -> None:
+        self.root = Path(root) if root is not None else None
+        self.log = log
+        if self.root is not None:
+            for path in remove_stale(self.root, _TEMPORARY):
+                log(f"[cache] removed {path.name}, left by a process that was stopped while writing it")
+
+    def entry(self, label: str, key: str) -> Path:
+        assert self.root is not None
+        return self.root / f"{label}-{key[:24]}"
+
+    def get(self, label: str, key: str) -> CachedStage | None:
+        """The stage stored under `key`, or None. An entry whose model file does not match its recorded hash
+        is reported and ignored (the stage runs again and replaces it)."""
+        if self.root is None:
+            return None
+        folder = self.entry(label, key)
+        try:
+            meta = json.loads((folder / "stage.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        model_path = folder / meta["model_file"]
+        if meta.get("key") != key or not model_path.is_file() or sha256_file(model_path) != meta["model_sha256"]:
+            self.log(f"[cache] ignoring {folder}: its model file does not match stage.json")
+            return None
+        loader = load_qat_model if meta["qat"] else _load_float
+        return CachedStage(loader(model_path), meta["info"])
+
+    def put(self, label: str, key: str, model: keras.Model, info: Mapping[str, Any], *, qat: bool = False) -> None:
+        """Store a finished stage: written in a temporary folder, renamed into place when complete."""
+        if self.root is None:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            staging = temporary_dir(self.root, _TEMPORARY)
+        except OSError as error:
+            self.log(f"warning: cannot store the {label} stage in {str(self.root)!r} ({error.strerror}); a re-run "
+                     "will train it again")
+            return
+        try:
+            model_file = "model.h5" if qat else "model.keras"
+            if qat:  # tfmot's quantize wrappers reload from .h5 only
+                save_qat_model(model, staging / model_file)
+            else:
+                model.save(staging / model_file)
+            atomic_write_json(staging / "stage.json", {
+                "label": label, "key": key, "qat": qat, "model_file": model_file,
+                "model_sha256": sha256_file(staging / model_file), "info": dict(info)})
+            final = self.entry(label, key)
+            if final.exists():  # an earlier run stored the same stage: identical inputs, keep it
+                shutil.rmtree(staging)
+            else:
+                os.replace(staging, final)
+        except (OSError, OutputError) as error:  # a full disk loses the cache entry, not the run
+            shutil.rmtree(staging, ignore_errors=True)
+            self.log(f"warning: cannot store the {label} stage in {str(self.root)!r} ({error}); a re-run will train "
+                     "it again")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _load_float(path: Path) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
