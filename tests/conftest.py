@@ -30,6 +30,21 @@ def copy_tiny_dataset(target: Path, per_class: dict[str, int] = PER_CLASS) -> Pa
     return target
 
 
+def save_small_cnn(path: Path, classes: int = 10, size: int = 32) -> Path:
+    """A seeded two-convolution CNN of a user (BN, ReLU, pooling, softmax), saved to `path`: converts in seconds."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for filters in (16, 32):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    outputs = keras.layers.Dense(classes, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs, name="cnn").save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return copy_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")

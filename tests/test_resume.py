@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import tf_keras as keras
 
 import tflite_pipeline as tp
 from tflite_pipeline.pipeline import stage_keys
 
-from conftest import copy_tiny_dataset
+from conftest import copy_tiny_dataset, save_small_cnn
 
 CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
 RECIPE = """
@@ -59,18 +58,6 @@ mode = "off"
 RUN_SPECIFIC = {"run_name", "seconds", "reused_stages"}
 
 
-def small_cnn(path: Path) -> Path:
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = inputs
-    for filters in (16, 32):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    keras.Model(inputs, outputs, name="cnn").save(path)
-    return path
-
-
 def command(workdir: Path, output: str, *extra: str) -> list[str]:
     return [CLI, "run", "--recipe", str(workdir / "recipe.toml"), "--output-dir", str(workdir / output),
             "--run-name", "run", *extra]
@@ -104,7 +91,7 @@ def runs(tmp_path_factory):
     pruning target changed."""
     workdir = tmp_path_factory.mktemp("resume")
     data = copy_tiny_dataset(workdir / "data", {"train": 8, "validation": 3, "calibration": 2})
-    model = small_cnn(workdir / "cnn.keras")
+    model = save_small_cnn(workdir / "cnn.keras")
     (workdir / "recipe.toml").write_text(RECIPE.format(model=model, data=data))
     uninterrupted = run_cli(command(workdir, "a", "--no-cache"))
     killed_log = kill_when(command(workdir, "b"), "[pqat] quantization-aware", delay=3.0)

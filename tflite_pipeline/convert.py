@@ -19,10 +19,9 @@ from .data import ImageFolder, PreprocessSpec
 from .errors import ConversionError, DataError, ModelError
 from .inspect import inspect_tflite
 from .models import check_finite_weights, first_non_finite_layer, image_input_shape
-from .recipe import ALL_VARIANTS
+from .recipe import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES
 
 RepresentativeDataset = Callable[[], Iterable[list[np.ndarray]]]
-MIN_CALIBRATION_SAMPLES = 10
 _IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
@@ -160,3 +159,80 @@ def convert_variant(model: keras.Model, variant: str, *, representative: Represe
             raise ConversionError("The int8 variant needs a representative dataset (calibration images).")
         return convert_int8(model, representative, io_dtype=io_dtype)
     raise ConversionError(f"Received variant={variant!r}; expected one of {list(ALL_VARIANTS)}.")
+
+
+class IsolatedConverter:
+    """`convert_variant` in a spawned child process, replaced after `per_child` conversions.
+
+    TensorFlow's converter keeps memory after every call (about 10 MiB per int8 conversion of the bundled model,
+    see benchmarks/conversion_memory.py); a child process returns it to the OS when it exits, so a loop of
+    conversions keeps this process's peak memory flat. The model travels as a file (`.keras`, or `.h5` for a QAT
+    model) and the calibration images as one array, so the flatbuffer is the same, byte for byte. Costs one
+    TensorFlow import (a few seconds) per child.
+
+        with IsolatedConverter() as converter:
+            data = converter.convert(model, "int8", representative=representative)
+    """
+
+    def __init__(self, per_child: int = 8) -> None:
+        self.per_child = per_child
+        self._pool = None
+
+    def __enter__(self) -> "IsolatedConverter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def convert(self, model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
+                io_dtype: str = "int8") -> bytes:
+        import concurrent.futures
+        import multiprocessing
+        import tempfile
+        from pathlib import Path
+
+        from .quantize import is_qat_model, save_qat_model
+
+        check_finite_weights(model)
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=self.per_child)
+        with tempfile.TemporaryDirectory(prefix="tflite-pipeline-convert-") as folder:
+            qat = is_qat_model(model)
+            model_path = Path(folder) / ("model.h5" if qat else "model.keras")
+            if qat:
+                save_qat_model(model, model_path)
+            else:
+                model.save(model_path)
+            samples_path = None
+            if representative is not None:
+                samples_path = str(Path(folder) / "samples.npy")
+                np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
+            future = self._pool.submit(_convert_files, str(model_path), qat, variant, samples_path, io_dtype)
+            try:
+                return future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                self._pool = None
+                raise ConversionError(f"{variant} conversion failed: the converter process died (out of memory, or "
+                                      "killed); nothing was written.") from None
+
+
+def _convert_files(model_path: str, qat: bool, variant: str, samples_path: str | None, io_dtype: str) -> bytes:
+    """In the child: load what `IsolatedConverter.convert` saved and convert it."""
+    from .quantize import load_qat_model
+
+    model = load_qat_model(model_path) if qat else keras.models.load_model(model_path, compile=False)
+    representative = None
+    if samples_path is not None:
+        samples = np.load(samples_path)
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for sample in samples:
+                yield [sample[np.newaxis]]
+
+    return convert_variant(model, variant, representative=representative, io_dtype=io_dtype)

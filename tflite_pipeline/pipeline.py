@@ -6,6 +6,7 @@ publishes the run folder atomically (see `runfolder.RunFolder`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -17,7 +18,7 @@ from typing import Callable, Mapping
 import tf_keras as keras
 
 from . import env
-from .convert import RepresentativeDataset, convert_variant, representative_dataset
+from .convert import IsolatedConverter, RepresentativeDataset, convert_variant, representative_dataset
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
 from .errors import DataError, ModelError, OutputError
 from .inspect import inspect_tflite
@@ -386,20 +387,23 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         sources: dict[str, tuple[str, keras.Model]] = {}
         artifacts = []
         pruned = next((list(s.record.layers) for s in stages if s.record.sparsity is not None), [])
-        for job in jobs:
-            variant = job.variant
-            log(f"[convert] {variant}" + (f" ({representative.num_samples} calibration images)"
-                                          if job.kind == "int8" else ""))
-            data = convert_variant(job.source_model(model), job.kind, representative=representative,
-                                   io_dtype=recipe.convert.io_dtype)
-            file = f"{name}_{variant}.tflite"
-            folder.write_bytes(file, data)
-            flatbuffers[variant] = data
-            if job.stage is not None:
-                sources[variant] = (f"{job.stage.label} Keras", job.stage.model)
-            info = inspect_tflite(data)
-            artifacts.append(ModelArtifact.measure(variant, file, data, info, latency=_latency(data, recipe),
-                                                   layer_sparsity=info.layer_sparsity(pruned)))
+        with IsolatedConverter() if recipe.convert.isolate else contextlib.nullcontext() as isolated:
+            convert = isolated.convert if isolated else convert_variant
+            for job in jobs:
+                variant = job.variant
+                where = " in a child process" if isolated else ""
+                log(f"[convert] {variant}{where}" + (f" ({representative.num_samples} calibration images)"
+                                                     if job.kind == "int8" else ""))
+                data = convert(job.source_model(model), job.kind, representative=representative,
+                               io_dtype=recipe.convert.io_dtype)
+                file = f"{name}_{variant}.tflite"
+                folder.write_bytes(file, data)
+                flatbuffers[variant] = data
+                if job.stage is not None:
+                    sources[variant] = (f"{job.stage.label} Keras", job.stage.model)
+                info = inspect_tflite(data)
+                artifacts.append(ModelArtifact.measure(variant, file, data, info, latency=_latency(data, recipe),
+                                                       layer_sparsity=info.layer_sparsity(pruned)))
         seconds["convert"] = round(time.perf_counter() - t0, 2)
 
         t0 = time.perf_counter()

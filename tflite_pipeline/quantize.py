@@ -167,6 +167,11 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches: Iterable[np.nda
     return len(ranges)
 
 
+def is_qat_model(model: keras.Model) -> bool:
+    """Whether `model` holds tfmot's quantize wrappers (it then saves as .h5 and loads in the quantize scope)."""
+    return any(isinstance(layer, _quant.QuantizeWrapper) for layer in model.layers)
+
+
 def save_qat_model(model: keras.Model, path: str | Path) -> Path:
     """Save a QAT model as .h5 (tfmot's quantize layers do not reload from the .keras format)."""
     path = Path(path)

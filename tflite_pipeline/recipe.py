@@ -27,6 +27,7 @@ IO_DTYPES = ("int8", "uint8")
 VARIANTS = ("float32", "int8")                      # exported by default
 EXTRA_VARIANTS = ("float16", "dynamic")             # on request: float16 weights; int8 weights, float activations
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
+MIN_CALIBRATION_SAMPLES = 10                        # fewer images give int8 ranges too noisy to trust
 
 
 def _require(ok: bool, section: str, name: str, value: Any, expected: str) -> None:
@@ -180,6 +181,9 @@ class ConvertConfig(_Section):
     variants: tuple[str, ...] = VARIANTS
     io_dtype: str = "int8"               # dtype of the int8 model's input and output tensors
     calibration_samples: int = 300      # representative images drawn from the calibration split
+    # convert in a spawned child process (TensorFlow's converter keeps ~10 MiB per call; a child returns it to
+    # the OS): for long-lived processes that run many recipes. Same bytes; a few seconds more per run
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         _require(set(self.variants) <= set(ALL_VARIANTS), self.section, "variants", self.variants,
@@ -187,8 +191,8 @@ class ConvertConfig(_Section):
         _require(len(set(self.variants)) == len(self.variants), self.section, "variants", self.variants,
                  "no repeated variant")
         _require(self.io_dtype in IO_DTYPES, self.section, "io_dtype", self.io_dtype, f"one of {IO_DTYPES}")
-        _require(self.calibration_samples >= 1, self.section, "calibration_samples", self.calibration_samples,
-                 "an integer >= 1 (200 or more is advisable)")
+        _require(self.calibration_samples >= MIN_CALIBRATION_SAMPLES, self.section, "calibration_samples",
+                 self.calibration_samples, f"an integer >= {MIN_CALIBRATION_SAMPLES} (200 or more is advisable)")
 
 
 # LiteRT's kernel sets: XNNPACK (the default delegate on phones and here), the built-in optimized kernels,
@@ -381,7 +385,8 @@ class DiagnoseConfig(_Section):
 
     def __post_init__(self) -> None:
         _require(self.mode in DIAGNOSE_MODES, self.section, "mode", self.mode, f"one of {DIAGNOSE_MODES}")
-        _require(self.samples >= 1, self.section, "samples", self.samples, "an integer >= 1")
+        _require(self.samples >= MIN_CALIBRATION_SAMPLES, self.section, "samples", self.samples,
+                 f"an integer >= {MIN_CALIBRATION_SAMPLES}")
         _require(0.0 <= self.max_top1_drop <= 100.0, self.section, "max_top1_drop", self.max_top1_drop,
                  "percentage points in [0, 100]")
         _require(0.0 < self.max_float_fraction <= 1.0, self.section, "max_float_fraction", self.max_float_fraction,

@@ -146,6 +146,7 @@ class RunFolder:
         check_run_name(self.final.name)
         self.overwrite = overwrite
         self.staging: Path | None = None
+        self.created: list[Path] = []   # parent folders this run made (removed again if it fails)
 
     def check_available(self) -> None:
         """Raise `OutputError` now (before any long work) if the folder exists and may not be replaced, or its
@@ -157,6 +158,10 @@ class RunFolder:
 
     def __enter__(self) -> "RunFolder":
         self.check_available()
+        missing = self.final.parent
+        while not missing.exists() and missing != missing.parent:
+            self.created.append(missing)
+            missing = missing.parent
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             remove_stale(self.final.parent, self._staging_prefix)
@@ -191,11 +196,19 @@ class RunFolder:
         return {file.relative_to(self.staging).as_posix(): sha256_file(file)
                 for file in sorted(p for p in self.staging.rglob("*") if p.is_file())}
 
+    def _remove_created(self) -> None:
+        for folder in self.created:  # innermost first; a folder something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         assert self.staging is not None
         if kind is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_created()
             return
         old = None
         try:
@@ -209,6 +222,7 @@ class RunFolder:
                 os.replace(old, self.final)  # put the previous run back: nothing is lost
                 old = None
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_created()
             raise OutputError(f"Cannot publish run folder {str(self.final)!r}: {error.strerror}.") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,358 @@
+"""The bad-input matrix: every row is one thing a user can get wrong, run through the CLI in process.
+
+Each must give the typed error of its family (and so that family's exit code), a message that says what
+was received and what to do, and leave every file in the workspace as it was: nothing written, nothing
+changed. `python tests/test_bad_input.py` prints the matrix as a table.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tflite_pipeline as tp  # noqa: E402
+from tflite_pipeline.cli import main  # noqa: E402
+
+from conftest import copy_tiny_dataset, save_small_cnn  # noqa: E402
+
+
+@dataclass
+class Workspace:
+    """A model, a small good dataset (10 classes; train/validation/calibration) and an output folder."""
+
+    root: Path
+    model: Path
+    data: Path
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def convert(self, *extra: str, model: Path | None = None, data: Path | None = None) -> list[str]:
+        return ["convert", str(model or self.model), "--data", str(data or self.data), "--output-dir", str(self.out),
+                "--run-name", "run", *extra]
+
+    def run(self, *overrides: str) -> list[str]:
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        return ["run", "--data", str(self.data), "--output-dir", str(self.out), "--run-name", "run",
+                "--set", "model.input_size=32", "--set", f"model.source={self.model}", *sets]
+
+    def keras_model(self, name: str, build: Callable) -> Path:
+        import tf_keras as keras
+
+        path = self.root / name
+        build(keras).save(path)
+        return path
+
+    def first_image(self, class_index: int = 0) -> Path:
+        folder = sorted((self.data / "validation").iterdir())[class_index]
+        return sorted(folder.iterdir())[0]
+
+
+@dataclass(frozen=True)
+class Case:
+    input: str                                     # what the user gave: the matrix's first column
+    error: type[tp.PipelineError]
+    message: str                                   # regular expression the message must match
+    make: Callable[[Workspace], list[str]]         # builds the bad input; returns the CLI arguments
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+
+
+# --- builders for the rows ---------------------------------------------------------------------------------
+
+def _empty_class(ws: Workspace) -> list[str]:
+    folder = ws.first_image().parent
+    for image in folder.iterdir():
+        image.unlink()
+    return ws.convert()
+
+
+def _drop_file(name: str, content: bytes) -> Callable[[Workspace], list[str]]:
+    def make(ws: Workspace) -> list[str]:
+        (ws.first_image().parent / name).write_bytes(content)
+        return ws.convert()
+    return make
+
+
+def _truncated_png(ws: Workspace) -> list[str]:
+    image = ws.first_image(1)
+    image.write_bytes(image.read_bytes()[:120])
+    return ws.convert()
+
+
+def _labels_not_matching_folders(ws: Workspace) -> list[str]:
+    labels = (ws.data / "labels.txt").read_text().split("\n")
+    (ws.data / "labels.txt").write_text("\n".join(["jacket" if line == "coat" else line for line in labels]))
+    return ws.convert()
+
+
+def _three_classes(ws: Workspace) -> list[str]:
+    keep = (ws.data / "labels.txt").read_text().split()[:3]
+    for split in ("validation", "calibration"):
+        for folder in (ws.data / split).iterdir():
+            if folder.name not in keep:
+                shutil.rmtree(folder)
+    (ws.data / "labels.txt").write_text("\n".join(keep) + "\n")
+    return ws.convert()
+
+
+def _three_class_calibration(ws: Workspace) -> list[str]:
+    """3 classes with one calibration image each, and a model of 3 classes: 3 representative images."""
+    _three_classes(ws)
+    ws.model = save_small_cnn(ws.root / "cnn3.keras", classes=3)
+    return ws.convert()
+
+
+def _tabular(keras):
+    inputs = keras.Input((20,))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(inputs))
+
+
+def _keras3_file(ws: Workspace) -> list[str]:
+    import keras as keras3
+
+    path = ws.root / "k3.keras"
+    keras3.Sequential([keras3.Input((32, 32, 3)), keras3.layers.Flatten(),
+                       keras3.layers.Dense(10, activation="softmax")]).save(path)
+    return ws.convert(model=path)
+
+
+def _lambda(keras):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def _nested(keras):
+    backbone = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3)], name="backbone")
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def _layer_norm(keras):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.LayerNormalization(name="norm")(keras.layers.Conv2D(8, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def _nan_weights(keras):
+    model = _conv_classifier(keras)
+    kernel, bias = model.layers[1].get_weights()
+    kernel[0, 0, 0, 0] = np.nan
+    model.layers[1].set_weights([kernel, bias])
+    return model
+
+
+def _overflowing(keras):
+    """Finite weights whose activations overflow float32 on real images (27 products of ~1e38)."""
+    model = _conv_classifier(keras)
+    kernel, bias = model.layers[1].get_weights()
+    model.layers[1].set_weights([np.full_like(kernel, 3e38), bias])
+    return model
+
+
+def _conv_classifier(keras):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def _with_model(build: Callable, command: str = "convert", *overrides: str) -> Callable[[Workspace], list[str]]:
+    def make(ws: Workspace) -> list[str]:
+        path = ws.keras_model(f"{build.__name__.strip('_')}.h5", build)
+        if command == "convert":
+            return ws.convert(model=path)
+        ws.model = path
+        return ws.run(*overrides)
+    return make
+
+
+def _tflite(content: Callable[[Workspace], bytes]) -> Callable[[Workspace], list[str]]:
+    def make(ws: Workspace) -> list[str]:
+        path = ws.root / "model.tflite"
+        path.write_bytes(content(ws))
+        return ["inspect", str(path)]
+    return make
+
+
+def _existing_run(ws: Workspace) -> list[str]:
+    (ws.out / "run").mkdir(parents=True)
+    (ws.out / "run" / "report.json").write_text("{}")
+    return ws.convert()
+
+
+def _output_dir_is_a_file(ws: Workspace) -> list[str]:
+    (ws.root / "taken").write_text("a file where the output folder should go")
+    return [*ws.convert()[:-4], "--output-dir", str(ws.root / "taken" / "models"), "--run-name", "run"]
+
+
+def _disk_full_over_an_earlier_run(ws: Workspace) -> list[str]:
+    (ws.out / "run").mkdir(parents=True)
+    (ws.out / "run" / "cnn_float32.tflite").write_bytes(b"the earlier run's model")
+    return ws.convert("--variants", "float32", "--overwrite")
+
+
+def _no_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("tflite_pipeline.runfolder.os.fsync", full)
+
+
+def _tiny_tflite(ws: Workspace) -> bytes:
+    from tflite_pipeline.convert import convert_float32
+
+    return convert_float32(tp.load_model(ws.model))
+
+
+CASES = {
+    # data: exit 5
+    "missing-data-folder": Case("data folder that does not exist", tp.DataError, r"'.*/nowhere' does not exist",
+                                lambda ws: ws.convert(data=ws.root / "nowhere")),
+    "empty-data-folder": Case("empty data folder", tp.DataError, r"has no class sub-folders",
+                              lambda ws: (ws.root / "empty").mkdir() or ws.convert(data=ws.root / "empty")),
+    "class-folder-without-images": Case("class folder with no images", tp.DataError,
+                                        r"Class folder '.*' has no images; add images or remove the class",
+                                        _empty_class),
+    "non-image-file": Case("a file that is not an image (notes.txt)", tp.DataError,
+                           r"not images: \['notes.txt'\].*skip_bad_images", _drop_file("notes.txt", b"hello")),
+    "text-named-png": Case("a text file named .png", tp.DataError, r"Cannot decode image '.*fake.png'.*remove or "
+                           r"replace", _drop_file("fake.png", b"not a png")),
+    "truncated-image": Case("a truncated PNG", tp.DataError, r"Cannot decode image '.*\.png'", _truncated_png),
+    "labels-not-matching-folders": Case("labels.txt naming a class with no folder", tp.DataError,
+                                        r"missing folders \['jacket'\], folders not in the labels \['coat'\]",
+                                        _labels_not_matching_folders),
+    "too-few-calibration-images": Case("3 calibration images", tp.DataError,
+                                       r"has 3 images; full-integer calibration needs at least 10",
+                                       _three_class_calibration),
+    # models: exit 6
+    "missing-model-file": Case("model file that does not exist", tp.ModelError, r"does not exist; expected a .keras",
+                               lambda ws: ws.convert(model=ws.root / "none.keras")),
+    "labels-vs-model-outputs": Case("3 classes for a 10-output model", tp.ModelError,
+                                    r"outputs 10 classes but the labels of .* lists 3; use the labels.txt",
+                                    _three_classes),
+    "input-not-an-image": Case("model whose input is not an image", tp.ModelError,
+                               r"takes input of shape \(None, 20\); expected an image batch", _with_model(_tabular)),
+    "keras3-model": Case("a Keras 3 model file", tp.ModelError, r"saved by Keras 3.*tf_keras", _keras3_file),
+    "lambda-layer": Case("a model with a Lambda layer (safe mode)", tp.ModelError,
+                         r"Lambda layers \['doubler'\].*--unsafe-load", _with_model(_lambda)),
+    "nested-model": Case("a nested model, QAT on", tp.ModelError, r"nested models \['backbone'\].*functionally",
+                         _with_model(_nested, "run", "qat.enabled=true")),
+    "layer-tfmot-cannot-quantize": Case("QAT on a LayerNormalization", tp.ModelError,
+                                        r"tfmot cannot quantize .*norm", _with_model(_layer_norm, "run",
+                                                                                     "qat.enabled=true")),
+    "nan-weights": Case("NaN in the weights", tp.ModelError, r"NaN or Inf weights in \['conv \(kernel:0\)'\]",
+                        _with_model(_nan_weights)),
+    "inf-activations": Case("activations overflowing to Inf during calibration", tp.ModelError,
+                            r"NaN or Inf activations on the calibration images, first in layer 'conv'",
+                            _with_model(_overflowing)),
+    # recipes: exit 4
+    "unknown-recipe-field": Case("--set train.epoch=2 (typo)", tp.RecipeError,
+                                 r"Unknown key `train.epoch`; known keys in \[train\]",
+                                 lambda ws: ws.run("train.epoch=2")),
+    "out-of-range-field": Case("--set prune.target_sparsity=1.0", tp.RecipeError,
+                               r"`prune.target_sparsity=1.0`; expected a value in \[0, 1\)",
+                               lambda ws: ws.run("prune.enabled=true", "prune.target_sparsity=1.0")),
+    "more-clusters-than-weights": Case("256 clusters for a 216-weight kernel", tp.RecipeError,
+                                       r"`cluster.clusters=256` but layer 'conv' has only 216 weights",
+                                       _with_model(_conv_classifier, "run", "cluster.enabled=true",
+                                                   "cluster.clusters=256", "cluster.exclude=[]")),
+    "too-few-calibration-samples": Case("--calibration-samples 5", tp.RecipeError,
+                                        r"`convert.calibration_samples=5`; expected an integer >= 10",
+                                        lambda ws: ws.convert("--calibration-samples", "5")),
+    "unknown-recipe": Case("--recipe nope", tp.RecipeError, r"Unknown recipe 'nope'; bundled recipes: .*default",
+                           lambda ws: ["run", "--recipe", "nope", "--output-dir", str(ws.out)]),
+    # .tflite files: exit 8
+    "truncated-tflite": Case("a truncated .tflite", tp.TFLiteFileError, r"truncated or damaged",
+                             _tflite(lambda ws: _tiny_tflite(ws)[:2000])),
+    "not-a-tflite": Case("a PNG named .tflite", tp.TFLiteFileError, r"not a TFLite model",
+                         _tflite(lambda ws: ws.first_image().read_bytes())),
+    # outputs: exit 10
+    "existing-run-folder": Case("a run folder that exists", tp.OutputError,
+                                r"exists already; choose another --run-name or pass --overwrite", _existing_run),
+    "output-dir-not-writable": Case("--output-dir under a file", tp.OutputError, r"is a file, not a folder",
+                                    _output_dir_is_a_file),
+    "run-name-escaping": Case("--run-name ../elsewhere", tp.OutputError, r"Received run name '../elsewhere'",
+                              lambda ws: [*ws.convert()[:-2], "--run-name", "../elsewhere"]),
+    "disk-full": Case("disk full while writing over an earlier run (simulated ENOSPC)", tp.OutputError,
+                      r"Cannot write '.*cnn_float32.tflite': No space left on device",
+                      _disk_full_over_an_earlier_run, patch=_no_space),
+}
+
+
+@pytest.fixture(scope="module")
+def good_inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("good")
+    copy_tiny_dataset(root / "data", {"train": 2, "validation": 2, "calibration": 1})
+    save_small_cnn(root / "cnn.keras")
+    return root
+
+
+@pytest.fixture
+def workspace(good_inputs, tmp_path) -> Workspace:
+    shutil.copytree(good_inputs / "data", tmp_path / "data")
+    shutil.copy(good_inputs / "cnn.keras", tmp_path / "cnn.keras")
+    return Workspace(tmp_path, tmp_path / "cnn.keras", tmp_path / "data")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under `root` with its content hash: "nothing written or changed" is equality."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_its_typed_error_and_exit_code_and_writes_nothing(name, workspace, monkeypatch, capsys):
+    case = CASES[name]
+    argv = case.make(workspace)
+    before = snapshot(workspace.root)
+    if case.patch:
+        case.patch(monkeypatch)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == case.error.exit_code, err[-2000:]
+    assert f"error ({case.error.__name__}):" in err
+    assert __import__("re").search(case.message, err), err[-2000:]
+    assert snapshot(workspace.root) == before
+
+
+def test_exit_codes_are_distinct_per_error_family():
+    families = [tp.DependencyError, tp.RecipeError, tp.DataError, tp.ModelError, tp.ConversionError,
+                tp.TFLiteFileError, tp.ParityError, tp.OutputError, tp.CompatibilityError]
+    codes = [family.exit_code for family in families]
+    assert len(set(codes)) == len(codes) and 0 not in codes and 2 not in codes  # 2 is argparse's usage error
+
+
+def test_skipped_bad_images_are_counted_and_named_in_the_report(workspace, capsys):
+    _drop_file("notes.txt", b"hello")(workspace)
+    _drop_file("fake.png", b"not a png")(workspace)
+    _truncated_png(workspace)
+    assert main(workspace.convert("--variants", "float32", "--skip-bad-images")) == 0
+    report = __import__("json").loads((workspace.out / "run" / "report.json").read_text())
+    assert report["data"]["skipped_files"] == 3
+    assert sorted(Path(f).name for files in report["data"]["skipped"].values() for f in files) == \
+        sorted(["notes.txt", "fake.png", workspace.first_image(1).name])
+    assert "> warning: skipped 3 files that are not decodable images" in \
+        (workspace.out / "run" / "report.md").read_text()
+
+
+def matrix_table() -> str:
+    lines = ["| # | input | error | exit code | message says |", "|---:|---|---|---:|---|"]
+    for number, case in enumerate(CASES.values(), 1):
+        lines.append(f"| {number} | {case.input} | {case.error.__name__} | {case.error.exit_code} | "
+                     f"`{case.message}` |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(matrix_table())
