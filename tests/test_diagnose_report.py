@@ -84,9 +84,9 @@ def test_fallback_finds_the_outlier_pair(debug, diagnosis):
 
 def test_fallback_that_cannot_meet_the_budget_says_why(debug, diagnosis):
     result = accuracy_budgeted_fallback(debug, diagnosis, lambda model: 0.5, reference_top1=0.9, max_top1_drop=0.3,
-                                        max_float_fraction=0.05, log=lambda _: None)
+                                        max_float_fraction=0.02, log=lambda _: None)
     assert not result.met and result.model is None
-    assert len(result.float_layers) <= result.max_float_layers == int(0.05 * len(diagnosis.layers))
+    assert len(result.float_layers) <= result.max_float_layers == int(0.02 * len(diagnosis.layers))
     assert "cap" in result.reason and "+40.00" in result.reason
     assert "NOT met" in result.format_table()
 

@@ -5,6 +5,8 @@ import tf_keras as keras
 import tflite_pipeline as tp
 from tflite_pipeline.models import image_input_shape
 
+from conftest import save_small_cnn
+
 
 @pytest.fixture(scope="module")
 def small_model():
@@ -49,12 +51,13 @@ def test_imagenet_weights_need_a_supported_size():
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
-def test_user_models_load_from_keras_h5_and_savedmodel(tmp_path, small_model, suffix):
+def test_user_models_load_from_keras_h5_and_savedmodel(tmp_path, suffix):
+    model = tp.load_model(save_small_cnn(tmp_path / "cnn.keras"))  # a SavedModel of MobileNetV2 takes ~25 s
     path = tmp_path / f"model{suffix}"
-    small_model.save(path) if suffix else small_model.save(path, save_format="tf")
+    model.save(path) if suffix else model.save(path, save_format="tf")
     loaded = tp.load_model(path)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded(x, training=False), small_model(x, training=False), atol=1e-5)
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
 
 
 def test_keras3_model_object_is_rejected():

@@ -42,7 +42,7 @@ target_sparsity = 0.5
 exclude = []
 [qat]
 enabled = true
-epochs = 2
+epochs = 3
 [convert]
 variants = ["float32"]
 calibration_samples = 20
@@ -69,15 +69,18 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def kill_when(args: list[str], marker: str, delay: float) -> list[str]:
-    """Start the CLI, SIGKILL it `delay` seconds after a stderr line starting with `marker`; its stderr lines."""
+def kill_when(args: list[str], markers: list[str], delay: float) -> list[str]:
+    """Start the CLI, SIGKILL it `delay` seconds after stderr lines starting with each of `markers` in turn;
+    returns its stderr lines."""
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
+    lines, waiting = [], list(markers)
     for line in process.stderr:
         lines.append(line)
-        if line.startswith(marker):
-            time.sleep(delay)
-            break
+        if line.startswith(waiting[0]):
+            waiting.pop(0)
+            if not waiting:
+                time.sleep(delay)
+                break
     assert process.poll() is None, "the run ended before it could be killed:\n" + "".join(lines[-20:])
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
@@ -94,7 +97,8 @@ def runs(tmp_path_factory):
     model = save_small_cnn(workdir / "cnn.keras")
     (workdir / "recipe.toml").write_text(RECIPE.format(model=model, data=data))
     uninterrupted = run_cli(command(workdir, "a", "--no-cache"))
-    killed_log = kill_when(command(workdir, "b"), "[pqat] quantization-aware", delay=3.0)
+    # in the QAT stage's training: after its "80 images, 3 epochs" line, while Keras traces and runs the steps
+    killed_log = kill_when(command(workdir, "b"), ["[pqat] quantization-aware", "  80 images"], delay=0.5)
     after_kill = sorted(str(p.relative_to(workdir / "b")) for p in (workdir / "b").rglob("*"))
     resumed = run_cli(command(workdir, "b"))
     changed = run_cli(command(workdir, "b", "--run-name", "changed", "--set", "prune.target_sparsity=0.6",

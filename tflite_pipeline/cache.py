@@ -30,7 +30,7 @@ import tf_keras as keras
 from . import env
 from .data import DatasetSplits
 from .errors import OutputError
-from .quantize import load_qat_model, save_qat_model
+from .quantize import load_model_file, save_model_file
 from .runfolder import atomic_write_json, listing_sha256, remove_stale, sha256_file, temporary_dir
 
 CACHE_FORMAT = 1
@@ -107,10 +107,9 @@ class StageCache:
         if meta.get("key") != key or not model_path.is_file() or sha256_file(model_path) != meta["model_sha256"]:
             self.log(f"[cache] ignoring {folder}: its model file does not match stage.json")
             return None
-        loader = load_qat_model if meta["qat"] else _load_float
-        return CachedStage(loader(model_path), meta["info"])
+        return CachedStage(load_model_file(model_path), meta["info"])
 
-    def put(self, label: str, key: str, model: keras.Model, info: Mapping[str, Any], *, qat: bool = False) -> None:
+    def put(self, label: str, key: str, model: keras.Model, info: Mapping[str, Any]) -> None:
         """Store a finished stage: written in a temporary folder, renamed into place when complete."""
         if self.root is None:
             return
@@ -122,13 +121,9 @@ class StageCache:
                      "will train it again")
             return
         try:
-            model_file = "model.h5" if qat else "model.keras"
-            if qat:  # tfmot's quantize wrappers reload from .h5 only
-                save_qat_model(model, staging / model_file)
-            else:
-                model.save(staging / model_file)
+            model_file = save_model_file(model, staging).name  # .h5 for QAT: tfmot's wrappers reload from it only
             atomic_write_json(staging / "stage.json", {
-                "label": label, "key": key, "qat": qat, "model_file": model_file,
+                "label": label, "key": key, "model_file": model_file,
                 "model_sha256": sha256_file(staging / model_file), "info": dict(info)})
             final = self.entry(label, key)
             if final.exists():  # an earlier run stored the same stage: identical inputs, keep it
@@ -143,6 +138,3 @@ class StageCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-
-def _load_float(path: Path) -> keras.Model:
-    return keras.models.load_model(path, compile=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import PipelineError
-from .recipe import KERNELS, NORMALIZATIONS, VARIANTS, load_recipe, parse_override
+from .recipe import KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS, load_recipe, parse_override
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where finished training stages are kept so a stopped run resumes "
                                        "(default: OUTPUT_DIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="train every stage; neither read nor write the cache")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="tf.distribute strategy of the training stages: default (one device), mirrored (all local "
+                        "GPUs), multi-worker (every machine runs this command with its own TF_CONFIG) or tpu; "
+                        "train.batch_size is the global batch (sets distribute.strategy)")
     _add_skip_option(p)
     _add_unsafe_option(p)
     _add_output_options(p)
@@ -178,6 +182,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["model.safe_mode"] = False
     if args.skip_bad_images:
         overrides["data.skip_bad_images"] = True
+    if args.strategy:
+        overrides["distribute.strategy"] = args.strategy
     recipe = recipe.with_overrides(overrides)
     return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
                            cache_dir=args.cache_dir, use_cache=not args.no_cache))

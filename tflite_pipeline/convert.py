@@ -196,24 +196,19 @@ class IsolatedConverter:
         import tempfile
         from pathlib import Path
 
-        from .quantize import is_qat_model, save_qat_model
+        from .quantize import save_model_file
 
         check_finite_weights(model)
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=self.per_child)
         with tempfile.TemporaryDirectory(prefix="tflite-pipeline-convert-") as folder:
-            qat = is_qat_model(model)
-            model_path = Path(folder) / ("model.h5" if qat else "model.keras")
-            if qat:
-                save_qat_model(model, model_path)
-            else:
-                model.save(model_path)
+            model_path = save_model_file(model, folder)
             samples_path = None
             if representative is not None:
                 samples_path = str(Path(folder) / "samples.npy")
                 np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
-            future = self._pool.submit(_convert_files, str(model_path), qat, variant, samples_path, io_dtype)
+            future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype)
             try:
                 return future.result()
             except concurrent.futures.process.BrokenProcessPool:
@@ -222,11 +217,11 @@ class IsolatedConverter:
                                       "killed); nothing was written.") from None
 
 
-def _convert_files(model_path: str, qat: bool, variant: str, samples_path: str | None, io_dtype: str) -> bytes:
+def _convert_files(model_path: str, variant: str, samples_path: str | None, io_dtype: str) -> bytes:
     """In the child: load what `IsolatedConverter.convert` saved and convert it."""
-    from .quantize import load_qat_model
+    from .quantize import load_model_file
 
-    model = load_qat_model(model_path) if qat else keras.models.load_model(model_path, compile=False)
+    model = load_model_file(model_path)
     representative = None
     if samples_path is not None:
         samples = np.load(samples_path)

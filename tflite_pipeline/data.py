@@ -238,8 +238,10 @@ class ImageFolder:
         return replace(self, files=tuple(self.files[i] for i in order), labels=tuple(self.labels[i] for i in order))
 
     def dataset(self, spec: PreprocessSpec, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                augment: bool = False):
-        """A `tf.data.Dataset` of `(float32 images [N, H, W, C], int32 labels [N])`, streamed from disk."""
+                augment: bool = False, deterministic: bool = True):
+        """A `tf.data.Dataset` of `(float32 images [N, H, W, C], int32 labels [N])`, streamed from disk: files
+        decoded in parallel and prefetched, never a whole split in memory. `deterministic=False` lets a fast
+        image overtake a slow one (file order, or the seeded shuffle, is then not kept exactly)."""
         import tensorflow as tf
 
         def load(path: bytes) -> np.ndarray:
@@ -258,8 +260,10 @@ class ImageFolder:
         ds = tf.data.Dataset.from_tensor_slices((list(self.files), np.asarray(self.labels, np.int32)))
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        options = tf.data.Options()  # multi-worker: each worker takes every N-th batch (a file list cannot shard)
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
     def batches(self, spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Numpy `(images, labels)` batches in file order; decoding errors raise `DataError`."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,8 +35,9 @@ from .channels import describe as describe_plan
 from .cluster import check_clustering, cluster_weights, strip_clustering, unique_weights
 from .layers import select_layers
 from .prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
-from .quantize import load_qat_model, quantize_aware, save_qat_model
+from .quantize import load_qat_model, quantize_aware, save_qat_model, standalone_copy
 from .train import FineTuner, train_classifier
+from .distribute import is_chief, make_strategy
 from .diagnose import Diagnosis, FallbackResult, QuantizationDebug, accuracy_budgeted_fallback, top1_evaluator
 from .verify import ParityReport, ParityRow, keras_accuracy, measure_parity
 
@@ -94,17 +97,59 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
 
     Finished training stages are cached in `cache_dir` (default `output_dir/.cache`; see `cache.py`): a run
     stopped midway resumes from its last finished stage. `use_cache=False` trains every stage.
+    Training runs under the recipe's tf.distribute strategy (`[distribute]`); in a multi-worker run only the
+    chief writes the run folder (other workers' outputs go to a temporary folder, deleted at the end).
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    folder = RunFolder(Path(output_dir) / check_run_name(run_name or recipe.name), overwrite=overwrite)
+    d = recipe.distribute
+    strategy = make_strategy(d, log) if d.strategy != "default" or d.cpu_devices else None
+    scratch = None if is_chief() else Path(tempfile.mkdtemp(prefix="tflite-pipeline-worker-"))
+    folder = RunFolder((scratch or Path(output_dir)) / check_run_name(run_name or recipe.name), overwrite=overwrite)
     folder.check_available()
     if recipe.train.deterministic:
         enable_determinism(log)
+    if d.strategy == "multi-worker" and use_cache:
+        log("[cache] off in multi-worker runs: every worker must train the same stages")
+    cache = StageCache((cache_dir or Path(output_dir) / ".cache")
+                       if use_cache and d.strategy != "multi-worker" else None, log=log)
+    try:
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            trained = train_stages(recipe, cache=cache, seconds=seconds, log=log)
+        if strategy is not None:  # conversion and verification take plain models, not distributed variables
+            trained = trained.standalone()
+        report = export_and_verify(trained.baseline, trained.splits, trained.spec, recipe, folder,
+                                   name=model_name(recipe), seconds=seconds, started=started, stages=trained.stages,
+                                   reused=trained.reused, log=log)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    log(f"[done] {folder.final if scratch is None else 'worker (the chief writes the run folder)'} in "
+        f"{report.seconds['total']:.0f} s; parity gate {'passed' if report.passed else 'FAILED'}")
+    return RunResult(folder.final, report)
 
-    def stage(name: str, t0: float) -> None:
-        seconds[name] = round(time.perf_counter() - t0, 2)
 
+@dataclass(frozen=True)
+class TrainedStages:
+    """What the training part of a run made: the float baseline, its data and preprocessing, the fine-tune
+    stages, and which of them came from the cache."""
+
+    baseline: keras.Model
+    splits: DatasetSplits
+    spec: PreprocessSpec
+    stages: list[OptimizedStage]
+    reused: tuple[str, ...]
+
+    def standalone(self) -> "TrainedStages":
+        """The same models reloaded outside the tf.distribute strategy they were trained under."""
+        return replace(self, baseline=standalone_copy(self.baseline),
+                       stages=[replace(stage, model=standalone_copy(stage.model)) for stage in self.stages])
+
+
+def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float], log: Log = _stderr
+                 ) -> TrainedStages:
+    """Open the data, build or load the baseline, check the recipe against it, then train (or load from `cache`)
+    the baseline and every fine-tune stage. Call inside the strategy's scope."""
     t0 = time.perf_counter()
     training = recipe.train.epochs > 0
     d = recipe.data
@@ -116,10 +161,9 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
     check_labels(model, splits.class_names, f"the labels of {str(splits.root)!r}")
     spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model))
     preflight(recipe, model)
-    cache = StageCache((cache_dir or Path(output_dir) / ".cache") if use_cache else None, log=log)
     keys = stage_keys(recipe, inputs_key(model, splits, {"preprocess": spec.to_dict()}))
     reused: list[str] = []
-    stage("prepare", t0)
+    seconds["prepare"] = round(time.perf_counter() - t0, 2)
 
     if training:
         t0 = time.perf_counter()
@@ -131,16 +175,13 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
             log(f"[train] finished by an earlier run with the same inputs: loaded {cache.entry('baseline', key)}")
         else:
             log(f"[train] {model.name}, {model.count_params():,} parameters, input {spec.input_shape}")
-            model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation, log=log)
+            model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation,
+                                     deterministic=d.deterministic, log=log)
             cache.put("baseline", key, model, {})
-        stage("train", t0)
+        seconds["train"] = round(time.perf_counter() - t0, 2)
 
     stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log, cache=cache, keys=keys, reused=reused)
-    report = export_and_verify(model, splits, spec, recipe, folder, name=model_name(recipe), seconds=seconds,
-                               started=started, stages=stages, reused=tuple(reused), log=log)
-    log(f"[done] {folder.final} in {report.seconds['total']:.0f} s; parity gate "
-        f"{'passed' if report.passed else 'FAILED'}")
-    return RunResult(folder.final, report)
+    return TrainedStages(model, splits, spec, stages, tuple(reused))
 
 
 def enable_determinism(log: Log = _stderr) -> None:
@@ -173,10 +214,12 @@ def training_stages(recipe: Recipe) -> list[tuple[str, list[object]]]:
 
 
 def stage_keys(recipe: Recipe, inputs: str) -> dict[str, str]:
-    """Cache key of each training stage: the `[train]` section chained onto `inputs` (versions, initial model,
-    data), then each stage's key over the one before it and its own settings. A changed setting therefore
-    changes the keys of its stage and of every stage after it, and of no other."""
-    keys, key = {}, stage_key(inputs, "train", recipe.train.to_dict())
+    """Cache key of each training stage: the `[train]` section and the replica layout chained onto `inputs`
+    (versions, initial model, data), then each stage's key over the one before it and its own settings. A
+    changed setting therefore changes the keys of its stage and of every stage after it, and of no other."""
+    shared = {"train": recipe.train.to_dict(), "data_order": recipe.data.deterministic,
+              "replicas": [recipe.distribute.strategy, recipe.distribute.cpu_devices]}  # replicas change BN statistics
+    keys, key = {}, stage_key(inputs, "train", shared)
     for label, settings in training_stages(recipe):
         key = keys[label] = stage_key(key, label, *settings)
     return keys
@@ -235,7 +278,8 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
         return []
     distill = recipe.distill if recipe.distill.enabled else None
     tuner = FineTuner(train=splits.train, spec=spec, batch_size=recipe.train.batch_size, seed=recipe.train.seed,
-                      augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill, log=log)
+                      augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill,
+                      deterministic=recipe.data.deterministic, log=log)
     stages: list[OptimizedStage] = []
 
     def record(label: str, model: keras.Model, t0: float, macs: int, **weights_info) -> StageRecord:
@@ -260,7 +304,7 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
         else:
             stage = train(t0)
             if key:
-                cache.put(label, key, stage.model, stage.cache_info(), qat=is_qat)
+                cache.put(label, key, stage.model, stage.cache_info())
         stages.append(stage)
         return stage
 

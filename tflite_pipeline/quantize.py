@@ -167,6 +167,32 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches: Iterable[np.nda
     return len(ranges)
 
 
+def save_model_file(model: keras.Model, folder: str | Path, stem: str = "model") -> Path:
+    """Save `model` into `folder` as `<stem>.h5` when it is a QAT model, else `<stem>.keras`; returns the path."""
+    path = Path(folder) / f"{stem}{'.h5' if is_qat_model(model) else '.keras'}"
+    if path.suffix == ".h5":
+        save_qat_model(model, path)
+    else:
+        model.save(path)
+    return path
+
+
+def load_model_file(path: str | Path) -> keras.Model:
+    """Load a file written by `save_model_file` (our own files: no safe-mode scan)."""
+    path = Path(path)
+    return load_qat_model(path, safe_mode=False) if path.suffix == ".h5" else \
+        keras.models.load_model(path, compile=False)
+
+
+def standalone_copy(model: keras.Model) -> keras.Model:
+    """The same model and weights through its file format: plain variables, free of the tf.distribute strategy it
+    was trained under (whose collective ops the TFLite converter cannot take)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tflite-pipeline-model-") as folder:
+        return load_model_file(save_model_file(model, folder))
+
+
 def is_qat_model(model: keras.Model) -> bool:
     """Whether `model` holds tfmot's quantize wrappers (it then saves as .h5 and loads in the quantize scope)."""
     return any(isinstance(layer, _quant.QuantizeWrapper) for layer in model.layers)

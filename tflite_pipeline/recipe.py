@@ -132,6 +132,9 @@ class DataConfig(_Section):
     # false (default): a file that is not a decodable image fails the run, naming it. true: such files are
     # skipped (each is fully decoded while listing), counted and named in the report
     skip_bad_images: bool = False
+    # training batches in file order / seeded-shuffle order (false: parallel decoding may reorder them; faster on
+    # folders of large, unevenly sized images)
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,28 @@ class ChannelsConfig(_Section):
         _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate, "a value in (0, 1)")
 
 
+STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
+
+
+@dataclass(frozen=True)
+class DistributeConfig(_Section):
+    """tf.distribute for every training stage (baseline, channels, pruning, clustering, QAT, distillation).
+    `train.batch_size` is the GLOBAL batch, split across the replicas. See `distribute.py`."""
+
+    section: ClassVar[str] = "distribute"
+    strategy: str = "default"    # default (one device) | mirrored (all local GPUs, else the logical CPUs) |
+    #                              multi-worker (MultiWorkerMirroredStrategy from TF_CONFIG) | tpu
+    cpu_devices: int = 0         # split the CPU into this many logical devices (mirrored without a GPU); 0: as is
+    tpu: str = ""                # strategy = "tpu": its name or grpc:// address ("" = the local TPU)
+
+    def __post_init__(self) -> None:
+        _require(self.strategy in STRATEGIES, self.section, "strategy", self.strategy, f"one of {STRATEGIES}")
+        _require(self.cpu_devices == 0 or self.cpu_devices >= 2, self.section, "cpu_devices", self.cpu_devices,
+                 "0 (leave the CPU as one device) or an integer >= 2")
+        _require(not self.tpu or self.strategy == "tpu", self.section, "tpu", self.tpu,
+                 "empty unless `distribute.strategy='tpu'`")
+
+
 DIAGNOSE_MODES = ("off", "on_failure", "always")
 
 
@@ -412,9 +437,9 @@ class BenchConfig(_Section):
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, ChannelsConfig, PruneConfig,
-                                 ClusterConfig, QATConfig, DistillConfig, ConvertConfig, VerifyConfig, DiagnoseConfig,
-                                 BenchConfig)
+    cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, DistributeConfig,
+                                 ChannelsConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig, ConvertConfig,
+                                 VerifyConfig, DiagnoseConfig, BenchConfig)
 }
 
 
@@ -428,6 +453,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

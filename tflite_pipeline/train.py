@@ -18,7 +18,7 @@ Log = Callable[[str], None]
 def fit(model: keras.Model, train: ImageFolder, spec: PreprocessSpec, *, epochs: int, learning_rate: float,
         batch_size: int, seed: int = 0, augment: bool = False, validation: ImageFolder | None = None,
         callbacks: Sequence[keras.callbacks.Callback] = (), teacher: keras.Model | None = None,
-        distill: DistillConfig | None = None, log: Log = print) -> keras.Model:
+        distill: DistillConfig | None = None, deterministic: bool = True, log: Log = print) -> keras.Model:
     """Compile and train `model` in place (stages pass a fresh tfmot-wrapped copy); returns it.
 
     With `teacher` and `distill`, the loss mixes the labels with the teacher's softened outputs.
@@ -29,7 +29,7 @@ def fit(model: keras.Model, train: ImageFolder, spec: PreprocessSpec, *, epochs:
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, epochs * steps_per_epoch))
     from_logits = not outputs_probabilities(model)
     num_classes = len(train.class_names)
-    train_ds = train.dataset(spec, batch_size, shuffle=True, seed=seed, augment=augment)
+    train_ds = train.dataset(spec, batch_size, shuffle=True, seed=seed, augment=augment, deterministic=deterministic)
     val_ds = validation.dataset(spec, batch_size) if validation is not None else None
     if teacher is not None and distill is not None:
         loss = DistillationLoss(num_classes, distill, from_logits=from_logits)
@@ -59,6 +59,7 @@ class FineTuner:
     validation: ImageFolder | None = None
     teacher: keras.Model | None = None
     distill: DistillConfig | None = None
+    deterministic: bool = True
     log: Log = print
 
     def steps(self, epochs: int) -> int:
@@ -68,14 +69,16 @@ class FineTuner:
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.Model:
         return fit(model, self.train, self.spec, epochs=epochs, learning_rate=learning_rate,
                    batch_size=self.batch_size, seed=self.seed, augment=self.augment, validation=self.validation,
-                   callbacks=callbacks, teacher=self.teacher, distill=self.distill, log=self.log)
+                   callbacks=callbacks, teacher=self.teacher, distill=self.distill, deterministic=self.deterministic,
+                   log=self.log)
 
 
 def train_classifier(model: keras.Model, train: ImageFolder, spec: PreprocessSpec, config: TrainConfig, *,
-                     validation: ImageFolder | None = None, log: Log = print) -> keras.Model:
+                     validation: ImageFolder | None = None, deterministic: bool = True, log: Log = print
+                     ) -> keras.Model:
     """Return a trained copy of `model` (the input is left untouched)."""
     if config.epochs == 0:
         return model
     return fit(copy_model(model), train, spec, epochs=config.epochs, learning_rate=config.learning_rate,
                batch_size=config.batch_size, seed=config.seed, augment=config.augment, validation=validation,
-               log=log)
+               deterministic=deterministic, log=log)

@@ -1,0 +1,101 @@
+"""tf.distribute for the training stages, without a GPU: MirroredStrategy over two logical CPU devices (pruning,
+QAT and distillation on the tiny MobileNetV2), and MultiWorkerMirroredStrategy with two worker processes on
+localhost ports. Each runs the CLI in child processes (device layout and collectives are process-wide).
+Parallel verification must equal serial verification."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tflite_pipeline as tp
+from tflite_pipeline.recipe import VerifyConfig
+from tflite_pipeline.verify import LiteRTClassifier, measure_parity
+
+from conftest import copy_tiny_dataset, save_small_cnn
+
+CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
+SMALL = {"train": 8, "validation": 3, "calibration": 2}
+QUIET = ["--set", "bench.enabled=false", "--set", "diagnose.mode='off'", "--set", "verify.max_top1_drop=100.0",
+         "--set", "verify.min_agreement=0.0", "--set", "convert.calibration_samples=20", "--no-cache"]
+
+
+def cli(args: list[str], env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    return copy_tiny_dataset(tmp_path_factory.mktemp("dist") / "data", SMALL)
+
+
+def test_mirrored_over_two_cpu_devices_prunes_quantizes_and_distills(pqat_run):
+    """The `pqat_run` fixture: pruning + PQAT with the float teacher distilling, under MirroredStrategy (its
+    stages and the int8 file's sparsity are checked in test_optimize)."""
+    assert "[distribute] mirrored over 2 replicas: /device:CPU:0, /device:CPU:1" in pqat_run.log
+    assert pqat_run.log.count("distilling (T=4, alpha=0.3)") == 2  # pruning and PQAT
+    assert pqat_run.report["recipe"]["distribute"] == {"strategy": "mirrored", "cpu_devices": 2, "tpu": ""}
+    assert [s["name"] for s in pqat_run.report["stages"]] == ["baseline", "pruned", "pqat"]
+    assert pqat_run.report["artifacts"][0]["info"]["is_full_integer"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(small_data, tmp_path):
+    model = save_small_cnn(tmp_path / "cnn.keras")
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        args = [CLI, "run", "--data", str(small_data), "--output-dir", str(tmp_path / f"out{index}"), "--run-name",
+                "multi", "--strategy", "multi-worker", "--set", f"model.source='{model}'", "--set",
+                "train.epochs=1", "--set", "train.batch_size=16", "--set", "qat.enabled=true", "--set",
+                "qat.epochs=1", "--set", "convert.variants=['float32']", *QUIET]
+        processes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env={**os.environ, "TF_CONFIG": json.dumps(tf_config)}))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=600))
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-4000:]
+        assert "[distribute] multi-worker: 2 replicas over 2 workers" in err
+    assert "(chief)" in outputs[0][1] and "(chief)" not in outputs[1][1]
+    chief = tmp_path / "out0" / "multi"
+    assert sorted(p.name for p in chief.glob("*.tflite")) == ["cnn_float32.tflite", "cnn_qat_int8.tflite"]
+    assert not (tmp_path / "out1").exists()  # the other worker wrote nothing outside its temporary folder
+
+
+def test_parallel_verification_equals_serial(tiny_run, tiny_model, tiny_data):
+    folder = tp.ImageFolder.scan(tiny_data / "validation")
+    spec = tp.PreprocessSpec(32, 32)
+    images = np.concatenate([x for x, _ in folder.batches(spec, 64)])
+    for variant in ("float32", "int8"):
+        serial = LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=1, batch_size=8).predict(images)
+        parallel = LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=2, batch_size=8).predict(images)
+        np.testing.assert_array_equal(serial, parallel)
+    files = {v: tiny_run.tflite_path(v) for v in ("float32", "int8")}
+    reports = [measure_parity(tiny_model, files, folder, spec, VerifyConfig(num_threads=threads, batch_size=8),
+                              log=lambda _: None).to_dict() for threads in (1, 2)]
+    assert reports[0] == reports[1]
