@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,23 +75,13 @@ def tiny_model(tiny_run):
     return tp.load_model(tiny_run.run_dir / "mobilenet_v2_float.keras")
 
 
-CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
-
-
 @pytest.fixture(scope="session")
-def pqat_run(tiny_run, tiny_data, tmp_path_factory) -> SimpleNamespace:
-    """Prune 80% with distillation -> PQAT -> int8 from the tiny run's baseline, run by the CLI in a child process
-    under MirroredStrategy over 2 logical CPU devices. test_optimize checks its stages; test_distribute its
-    distribution. `.run_dir`, `.report` (report.json), `.log` (stderr)."""
-    out = tmp_path_factory.mktemp("pqat")
-    sets = {"distribute.cpu_devices": 2, "model.source": f"'{tiny_run.run_dir / 'mobilenet_v2_float.keras'}'",
-            "model.name": "'tiny'", "train.epochs": 0, "train.batch_size": 16, "prune.epochs": 2, "qat.epochs": 1,
-            "convert.variants": "[]", "convert.calibration_samples": 30, "verify.max_top1_drop": 100.0,
-            "verify.min_agreement": 0.0}
-    args = [CLI, "run", "--recipe", "prune-pqat-kd", "--data", str(tiny_data), "--output-dir", str(out),
-            "--run-name", "pqat", "--strategy", "mirrored", "--no-cache",
-            *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return SimpleNamespace(run_dir=out / "pqat", report=json.loads((out / "pqat" / "report.json").read_text()),
-                           log=done.stderr)
+def pqat_run(tiny_run, tiny_recipe, tmp_path_factory) -> SimpleNamespace:
+    """Prune 80% with distillation -> PQAT -> int8 from the tiny run's baseline. `.run_dir`, `.report` (report.json)."""
+    recipe = tp.load_recipe("prune-pqat-kd").with_overrides({
+        "data.root": tiny_recipe.data.root, "model.source": str(tiny_run.run_dir / "mobilenet_v2_float.keras"),
+        "model.name": "tiny", "train.epochs": 0, "train.batch_size": 16, "prune.epochs": 2, "qat.epochs": 1,
+        "convert.variants": [], "convert.calibration_samples": 30, "verify.max_top1_drop": 100.0,
+        "verify.min_agreement": 0.0})
+    result = tp.run(recipe, output_dir=tmp_path_factory.mktemp("pqat"), run_name="pqat", log=lambda _: None)
+    return SimpleNamespace(run_dir=result.run_dir, report=json.loads((result.run_dir / "report.json").read_text()))

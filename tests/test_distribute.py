@@ -39,14 +39,37 @@ def small_data(tmp_path_factory) -> Path:
     return copy_tiny_dataset(tmp_path_factory.mktemp("dist") / "data", SMALL)
 
 
-def test_mirrored_over_two_cpu_devices_prunes_quantizes_and_distills(pqat_run):
-    """The `pqat_run` fixture: pruning + PQAT with the float teacher distilling, under MirroredStrategy (its
-    stages and the int8 file's sparsity are checked in test_optimize)."""
-    assert "[distribute] mirrored over 2 replicas: /device:CPU:0, /device:CPU:1" in pqat_run.log
-    assert pqat_run.log.count("distilling (T=4, alpha=0.3)") == 2  # pruning and PQAT
-    assert pqat_run.report["recipe"]["distribute"] == {"strategy": "mirrored", "cpu_devices": 2, "tpu": ""}
-    assert [s["name"] for s in pqat_run.report["stages"]] == ["baseline", "pruned", "pqat"]
-    assert pqat_run.report["artifacts"][0]["info"]["is_full_integer"]
+def mirrored_run(data: Path, output: Path, *extra: str) -> tuple[dict, str]:
+    """prune-pqat-kd (pruning, then PQAT, the float baseline distilling into both) under MirroredStrategy over two
+    logical CPU devices, by the CLI in a child process; returns report.json and the log."""
+    done = cli(["run", "--recipe", "prune-pqat-kd", "--data", str(data), "--output-dir", str(output), "--run-name",
+                "mirrored", "--strategy", "mirrored", "--set", "distribute.cpu_devices=2", "--set", "train.epochs=0",
+                "--set", "train.batch_size=16", "--set", "prune.epochs=1", "--set", "qat.epochs=1",
+                "--set", "convert.variants=[]", *QUIET, *extra])
+    assert "[distribute] mirrored over 2 replicas: /device:CPU:0, /device:CPU:1" in done.stderr
+    assert done.stderr.count("distilling (T=4, alpha=0.3)") == 2  # pruning and PQAT
+    report = json.loads((output / "mirrored" / "report.json").read_text())
+    assert report["recipe"]["distribute"] == {"strategy": "mirrored", "cpu_devices": 2, "tpu": ""}
+    assert [s["name"] for s in report["stages"]] == ["baseline", "pruned", "pqat"]
+    (artifact,) = report["artifacts"]
+    assert artifact["variant"] == "pqat_int8" and artifact["info"]["is_full_integer"]
+    assert all(abs(s - 0.8) <= 0.02 for s in artifact["layer_sparsity"].values()), artifact["layer_sparsity"]
+    return report, done.stderr
+
+
+def test_mirrored_over_two_cpu_devices_prunes_quantizes_and_distills(small_data, tmp_path):
+    """On a small CNN: MobileNetV2 under MirroredStrategy takes ~3.5 min here (replicated graphs to trace), see
+    the slow test below."""
+    model = save_small_cnn(tmp_path / "cnn.keras")
+    report, _ = mirrored_run(small_data, tmp_path, "--set", f"model.source='{model}'", "--set", "prune.exclude=[]")
+    assert len(report["artifacts"][0]["layer_sparsity"]) == 3  # both convolutions and the classifier
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_the_tiny_mobilenet_v2(tiny_run, tiny_data, tmp_path):
+    model = tiny_run.run_dir / "mobilenet_v2_float.keras"
+    report, _ = mirrored_run(tiny_data, tmp_path, "--set", f"model.source='{model}'", "--set", "model.name='tiny'")
+    assert len(report["artifacts"][0]["layer_sparsity"]) > 20
 
 
 def free_ports(count: int) -> list[int]:
