@@ -8,7 +8,11 @@ never a silently mixed model (the accuracy-budgeted fallback in `diagnose.py` is
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import re
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -191,11 +195,6 @@ class IsolatedConverter:
 
     def convert(self, model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
                 io_dtype: str = "int8") -> bytes:
-        import concurrent.futures
-        import multiprocessing
-        import tempfile
-        from pathlib import Path
-
         from .quantize import save_model_file
 
         check_finite_weights(model)
