@@ -47,7 +47,7 @@ def _calibration_batches(spec: "tp.PreprocessSpec", count: int, batch: int = 16)
 def phone_size_latency(out: Path, *, mac_budget: float, runs: int, calibration: int) -> dict:
     """Part 1: MobileNetV2 1.0 @ 224 unpruned vs thinned, float32 and int8, timed side by side."""
     from tflite_pipeline.channels import describe, prune_channels
-    from tflite_pipeline.convert import convert_float32, convert_int8, representative_dataset
+    from tflite_pipeline.convert import IsolatedConverter, representative_dataset
     from tflite_pipeline.models import build_mobilenet_v2
     from tflite_pipeline.recipe import ChannelsConfig
 
@@ -59,13 +59,13 @@ def phone_size_latency(out: Path, *, mac_budget: float, runs: int, calibration: 
     _log(f"[channels] {describe(plan)} ({time.perf_counter() - started:.0f} s)")
     representative = representative_dataset(folder, spec, calibration)
     files = {}
-    for name, keras_model in (("unpruned", model), ("thinned", thin)):
-        for precision in ("float32", "int8"):
-            path = out / f"mobilenet_v2_1.0_224_{name}_{precision}.tflite"
-            _log(f"[convert] {path.name}")
-            atomic_write_bytes(path, convert_float32(keras_model) if precision == "float32"
-                               else convert_int8(keras_model, representative))
-            files[(name, precision)] = path
+    with IsolatedConverter() as converter:  # 1.0 @ 224 conversions: their memory goes back with the child
+        for name, keras_model in (("unpruned", model), ("thinned", thin)):
+            for precision in ("float32", "int8"):
+                path = out / f"mobilenet_v2_1.0_224_{name}_{precision}.tflite"
+                _log(f"[convert] {path.name}")
+                atomic_write_bytes(path, converter.convert(keras_model, precision, representative=representative))
+                files[(name, precision)] = path
     _log(f"[bench] 4 models interleaved, {runs} runs each at 1 and 2 threads")
     timed = dict(zip(files, bench_models(list(files.values()), threads=(1, 2), runs=runs, memory=False, log=_log),
                      strict=True))

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (recipe_name, overrides) in runs.items():
         if args.only and name not in args.only and name != "tutorial-ptq":
             continue
-        recipe = tp.load_recipe(recipe_name)
+        recipe = tp.load_recipe(recipe_name).with_overrides({"convert.isolate": True})  # flat memory over the runs
         if name not in FROM_SCRATCH:
             recipe = recipe.with_overrides({"model.source": baseline, "model.name": "mobilenet_v2",
                                             "train.epochs": 0, **overrides})
