@@ -204,7 +204,7 @@ class IsolatedConverter:
         with tempfile.TemporaryDirectory(prefix="tflite-pipeline-convert-") as folder:
             model_path = save_model_file(model, folder)
             samples_path = None
-            if representative is not None:
+            if representative is not None and variant == "int8":  # the only variant that calibrates
                 samples_path = str(Path(folder) / "samples.npy")
                 np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
             future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype)
