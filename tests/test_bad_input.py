@@ -346,6 +346,27 @@ def test_skipped_bad_images_are_counted_and_named_in_the_report(workspace, capsy
         (workspace.out / "run" / "report.md").read_text()
 
 
+def test_images_of_odd_modes_are_converted_not_rejected(workspace, capsys):
+    """Palette, 16-bit grayscale, CMYK and RGBA files in the data: decoded to the model's RGB, the run passes."""
+    from PIL import Image
+
+    folders = sorted((workspace.data / "validation").iterdir())
+    for folder, mode in zip(folders, ("P", "I;16", "CMYK", "RGBA"), strict=False):
+        image_path = sorted(folder.iterdir())[0]
+        with Image.open(image_path) as image:
+            gray = np.asarray(image.convert("L"))
+        if mode == "I;16":
+            odd = Image.frombytes("I;16", gray.shape[::-1], (gray.astype("<u2") * 257).tobytes())
+        else:
+            odd = Image.fromarray(gray, "L").convert("RGB").convert(mode)
+        image_path.unlink()
+        odd.save(image_path.with_suffix(".jpg" if mode == "CMYK" else ".png"))
+    assert main(workspace.convert("--variants", "float32")) == 0, capsys.readouterr().err[-2000:]
+    report = __import__("json").loads((workspace.out / "run" / "report.json").read_text())
+    assert report["data"]["validation"] == 20 and report["data"]["skipped_files"] == 0
+    assert report["parity"]["rows"][0]["agreement"] == 1.0
+
+
 def matrix_table() -> str:
     lines = ["| # | input | error | exit code | message says |", "|---:|---|---|---:|---|"]
     for number, case in enumerate(CASES.values(), 1):
