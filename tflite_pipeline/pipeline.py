@@ -104,7 +104,8 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
     seconds: dict[str, float] = {}
     d = recipe.distribute
     name = check_run_name(run_name or recipe.name)
-    scratch = None if is_chief() else Path(tempfile.mkdtemp(prefix="tflite-pipeline-worker-"))
+    writes = d.strategy != "multi-worker" or is_chief()  # a TF_CONFIG left in the environment changes nothing else
+    scratch = None if writes else Path(tempfile.mkdtemp(prefix="tflite-pipeline-worker-"))
     folder = RunFolder((scratch or Path(output_dir)) / name, overwrite=overwrite)
     folder.check_available()
     strategy = make_strategy(d, log) if d.strategy != "default" or d.cpu_devices else None
