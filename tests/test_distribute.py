@@ -122,3 +122,15 @@ def test_parallel_verification_equals_serial(tiny_run, tiny_model, tiny_data):
     reports = [measure_parity(tiny_model, files, folder, spec, VerifyConfig(num_threads=threads, batch_size=8),
                               log=lambda _: None).to_dict() for threads in (1, 2)]
     assert reports[0] == reports[1]
+
+
+def test_a_tf_config_in_the_environment_does_not_silence_a_single_device_run(small_data, tmp_path, monkeypatch):
+    """Only `distribute.strategy = "multi-worker"` makes a non-chief task write nothing."""
+    from tflite_pipeline.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    model = save_small_cnn(tmp_path / "cnn.keras")
+    assert main(["convert", str(model), "--data", str(small_data), "--variants", "float32", "--output-dir",
+                 str(tmp_path / "out"), "--run-name", "single", "--max-top1-drop", "100", "--min-agreement", "0"]) == 0
+    assert (tmp_path / "out" / "single" / "cnn_float32.tflite").is_file()
