@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from . import env
 from .data import DatasetSplits
 from .errors import OutputError
 from .quantize import load_model_file, save_model_file
-from .runfolder import atomic_write_json, listing_sha256, remove_stale, sha256_file, temporary_dir
+from .runfolder import atomic_write_json, remove_stale, sha256_file, temporary_dir
 
 CACHE_FORMAT = 1
 _TEMPORARY = ".tmp-"
@@ -53,17 +52,11 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def data_manifest(splits: DatasetSplits) -> dict[str, Any]:
-    """What the data contributes to a key: the class names and each split's listing (paths and sizes)."""
-    return {"class_names": list(splits.class_names),
-            **{name: listing_sha256(split.files) for name in ("train", "validation", "calibration")
-               if (split := getattr(splits, name)) is not None}}
-
-
 def inputs_key(model: keras.Model, splits: DatasetSplits, sections: Mapping[str, Any]) -> str:
-    """The key every stage chains from: versions, the initial model, the data and the shared recipe sections."""
-    versions = {"python": platform.python_version(), **env.library_versions()}
-    return fingerprint("inputs", versions, weights_fingerprint(model), data_manifest(splits), dict(sections))
+    """The key every stage chains from: versions, the initial model, the data (class names and each split's
+    listing of paths and sizes) and the shared recipe sections."""
+    data = {"class_names": list(splits.class_names), **splits.listings}
+    return fingerprint("inputs", env.run_versions(), weights_fingerprint(model), data, dict(sections))
 
 
 def stage_key(previous: str, label: str, *sections: Any) -> str:

@@ -15,6 +15,7 @@ Datasets stream from disk through tf.data; nothing holds a whole split in memory
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 from .recipe import NORMALIZATIONS, PreprocessConfig
+from .runfolder import listing_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _DECODE_ERROR_TAG = "tflite_pipeline.DataError: "
@@ -319,14 +321,23 @@ class DatasetSplits:
     validation: ImageFolder
     calibration: ImageFolder
 
-    def counts(self) -> dict[str, int]:
-        return {name: len(split) for name in ("train", "validation", "calibration")
+    def named(self) -> dict[str, ImageFolder]:
+        """The splits there are, by name (no `train` when it was not opened)."""
+        return {name: split for name in ("train", "validation", "calibration")
                 if (split := getattr(self, name)) is not None}
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.named().items()}
 
     def skipped(self) -> dict[str, list[str]]:
         """Files each split left out (`skip_bad_images`); empty when nothing was skipped."""
-        return {name: list(split.skipped) for name in ("train", "validation", "calibration")
-                if (split := getattr(self, name)) is not None and split.skipped}
+        return {name: list(split.skipped) for name, split in self.named().items() if split.skipped}
+
+    @functools.cached_property
+    def listings(self) -> dict[str, str]:
+        """sha256 of each split's listing (paths and sizes, `listing_sha256`): stats every file once per run,
+        for both the stage-cache key and the manifest."""
+        return {name: listing_sha256(split.files) for name, split in self.named().items()}
 
 
 def open_splits(root: str | Path, *, train: str = "train", validation: str = "validation",

@@ -8,6 +8,7 @@ TensorFlow is imported makes `tf.keras` resolve to it too. The package itself al
 from __future__ import annotations
 
 import os
+import platform
 from importlib import metadata
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -41,6 +42,11 @@ def library_versions() -> dict[str, str | None]:
         "numpy": _version("numpy"),
         "pillow": _version("pillow"),
     }
+
+
+def run_versions() -> dict[str, str | None]:
+    """Python and `library_versions()`: what a report, a manifest and a stage-cache key record."""
+    return {"python": platform.python_version(), **library_versions()}
 
 
 def check_versions(versions: dict[str, str | None] | None = None) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from .inspect import inspect_tflite
 from .models import MOBILENET_V2, build_mobilenet_v2, check_finite_weights, check_labels, image_input_shape, load_model
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
 from .report import ModelArtifact, RunReport, StageRecord
-from .runfolder import RunFolder, check_run_name, listing_sha256, sha256_tree
+from .runfolder import RunFolder, check_run_name, sha256_tree
 from .cache import CachedStage, StageCache, inputs_key, stage_key
 from .bench import LatencyResult, cpu_description, measure_latency
 from .channels import ChannelGraph, ChannelPlan, channel_importance, model_macs, plan_channels, prune_channels
@@ -505,7 +504,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         seconds["total"] = round(time.perf_counter() - started, 2)
         report = RunReport(
             run_name=folder.final.name, recipe=recipe.to_dict(),
-            versions={"python": platform.python_version(), **env.library_versions()},
+            versions=env.run_versions(),
             data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts(),
                   "skipped_files": len(skipped), "skipped": splits.skipped()},
             model={"name": name, "keras_name": model.name, "input_shape": list(spec.input_shape),
@@ -537,8 +536,8 @@ def run_manifest(recipe: Recipe, splits: DatasetSplits, versions: Mapping[str, s
     model = {"source": recipe.model.source,
              "sha256": sha256_tree(source) if recipe.model.source != MOBILENET_V2 and source.exists() else None}
     data = {"root": str(splits.root), "class_names": list(splits.class_names),
-            **{name: {"images": len(split), "listing_sha256": listing_sha256(split.files)}
-               for name in ("train", "validation", "calibration") if (split := getattr(splits, name)) is not None}}
+            **{name: {"images": len(split), "listing_sha256": splits.listings[name]}
+               for name, split in splits.named().items()}}
     return {"versions": dict(versions), "recipe": recipe.to_dict(), "model": model, "data": data,
             "outputs": dict(outputs)}
 
