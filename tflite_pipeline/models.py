@@ -127,6 +127,13 @@ def lambda_layers(path: Path) -> list[str]:
     return names
 
 
+def refuse_lambda_layers(path: Path) -> None:
+    """Raise `ModelError` when an `.h5` file or SavedModel folder holds Lambda layers (safe mode, before loading)."""
+    lambdas = lambda_layers(path)
+    if lambdas:
+        raise ModelError(f"{str(path)!r} contains Lambda layers {lambdas}. {UNSAFE_HINT}")
+
+
 def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
     """Load a Keras 2 model from `.keras`, `.h5` or a SavedModel folder, and check it is an image classifier.
 
@@ -146,9 +153,8 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
         raise ModelError(f"Folder {str(path)!r} is not a SavedModel (no saved_model.pb).")
     if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelError(f"Received {str(path)!r}; expected a .keras or .h5 file or a SavedModel folder.")
-    lambdas = [] if not safe_mode or path.suffix == ".keras" else lambda_layers(path)
-    if lambdas:
-        raise ModelError(f"{str(path)!r} contains Lambda layers {lambdas}. {UNSAFE_HINT}")
+    if safe_mode and path.suffix != ".keras":  # Keras' own safe mode guards .keras files
+        refuse_lambda_layers(path)
     try:
         kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
         model = keras.models.load_model(path, compile=False, **kwargs)

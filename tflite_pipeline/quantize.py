@@ -29,7 +29,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 
 from .errors import ModelError
 from .layers import check_flat
-from .models import UNSAFE_HINT, lambda_layers
+from .models import refuse_lambda_layers
 
 _quant = tfmot.quantization.keras
 SCHEMES = ("default", "prune_preserve", "cluster_preserve")
@@ -208,8 +208,7 @@ def save_qat_model(model: keras.Model, path: str | Path) -> Path:
 def load_qat_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
     """Reload a QAT model saved by `save_qat_model` (inside tfmot's quantize scope). In safe mode a file with
     Lambda layers raises `ModelError` instead of running their code."""
-    lambdas = lambda_layers(Path(path)) if safe_mode else []
-    if lambdas:
-        raise ModelError(f"{str(path)!r} contains Lambda layers {lambdas}. {UNSAFE_HINT}")
+    if safe_mode:
+        refuse_lambda_layers(Path(path))
     with _quant.quantize_scope(CUSTOM_OBJECTS):
         return keras.models.load_model(path, compile=False)

@@ -90,12 +90,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def check_writable(folder: Path) -> None:
     """Raise `OutputError` unless `folder` (or its nearest existing parent, where it would be created) is a folder
     this process can create files in. Probes with a temporary file: permission bits alone mislead root."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    missing = missing_folders(folder)
+    existing = missing[-1].parent if missing else folder
     if not existing.is_dir():
         raise OutputError(f"Cannot write into {str(folder)!r}: {str(existing)!r} is a file, not a folder; choose "
                           "another --output-dir.")
@@ -158,10 +166,7 @@ class RunFolder:
 
     def __enter__(self) -> "RunFolder":
         self.check_available()
-        missing = self.final.parent
-        while not missing.exists() and missing != missing.parent:
-            self.created.append(missing)
-            missing = missing.parent
+        self.created = missing_folders(self.final.parent)
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             remove_stale(self.final.parent, self._staging_prefix)
