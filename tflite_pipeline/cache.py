@@ -78,6 +78,7 @@ class StageCache:
     def __init__(self, root: str | Path | None, *, log: Callable[[str], None] = print) -> None:
         self.root = Path(root) if root is not None else None
         self.log = log
+        self.reused: list[str] = []   # labels of the stages `get` found, in order
         if self.root is not None:
             for path in remove_stale(self.root, _TEMPORARY):
                 log(f"[cache] removed {path.name}, left by a process that was stopped while writing it")
@@ -87,8 +88,8 @@ class StageCache:
         return self.root / f"{label}-{key[:24]}"
 
     def get(self, label: str, key: str) -> CachedStage | None:
-        """The stage stored under `key`, or None. An entry whose model file does not match its recorded hash
-        is reported and ignored (the stage runs again and replaces it)."""
+        """The stage stored under `key` (its label then joins `reused`), or None. An entry whose model file does
+        not match its recorded hash is reported and ignored (the stage runs again and replaces it)."""
         if self.root is None:
             return None
         folder = self.entry(label, key)
@@ -100,6 +101,7 @@ class StageCache:
         if meta.get("key") != key or not model_path.is_file() or sha256_file(model_path) != meta["model_sha256"]:
             self.log(f"[cache] ignoring {folder}: its model file does not match stage.json")
             return None
+        self.reused.append(label)
         return CachedStage(load_model_file(model_path), meta["info"])
 
     def put(self, label: str, key: str, model: keras.Model, info: Mapping[str, Any]) -> None:

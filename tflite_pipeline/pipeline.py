@@ -102,18 +102,18 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     d = recipe.distribute
+    multi_worker = d.strategy == "multi-worker"
     name = check_run_name(run_name or recipe.name)
-    writes = d.strategy != "multi-worker" or is_chief()  # a TF_CONFIG left in the environment changes nothing else
-    scratch = None if writes else Path(tempfile.mkdtemp(prefix="tflite-pipeline-worker-"))
+    # only a multi-worker run has workers that write nothing (a TF_CONFIG left in the environment changes nothing)
+    scratch = Path(tempfile.mkdtemp(prefix="tflite-pipeline-worker-")) if multi_worker and not is_chief() else None
     folder = RunFolder((scratch or Path(output_dir)) / name, overwrite=overwrite)
     folder.check_available()
     strategy = make_strategy(d, log) if d.strategy != "default" or d.cpu_devices else None
     if recipe.train.deterministic:
         enable_determinism(log)
-    if d.strategy == "multi-worker" and use_cache:
+    if multi_worker and use_cache:
         log("[cache] off in multi-worker runs: every worker must train the same stages")
-    cache = StageCache((cache_dir or Path(output_dir) / ".cache")
-                       if use_cache and d.strategy != "multi-worker" else None, log=log)
+    cache = StageCache((cache_dir or Path(output_dir) / ".cache") if use_cache and not multi_worker else None, log=log)
     try:
         with strategy.scope() if strategy else contextlib.nullcontext():
             trained = train_stages(recipe, cache=cache, seconds=seconds, log=log)
@@ -163,7 +163,6 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
     spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model))
     preflight(recipe, model)
     keys = stage_keys(recipe, inputs_key(model, splits, {"preprocess": spec.to_dict()}))
-    reused: list[str] = []
     seconds["prepare"] = round(time.perf_counter() - t0, 2)
 
     if training:
@@ -172,7 +171,6 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
         cached = cache.get("baseline", key)
         if cached is not None:
             model = cached.model
-            reused.append("baseline")
             log(f"[train] finished by an earlier run with the same inputs: loaded {cache.entry('baseline', key)}")
         else:
             log(f"[train] {model.name}, {model.count_params():,} parameters, input {spec.input_shape}")
@@ -181,8 +179,8 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
             cache.put("baseline", key, model, {})
         seconds["train"] = round(time.perf_counter() - t0, 2)
 
-    stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log, cache=cache, keys=keys, reused=reused)
-    return TrainedStages(model, splits, spec, stages, tuple(reused))
+    stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log, cache=cache, keys=keys)
+    return TrainedStages(model, splits, spec, stages, tuple(cache.reused))
 
 
 def enable_determinism(log: Log = _stderr) -> None:
@@ -269,14 +267,15 @@ class OptimizedStage:
 
 
 def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe, *,
-             seconds: dict[str, float], log: Log = _stderr, cache: StageCache = StageCache(None),
-             keys: Mapping[str, str] | None = None, reused: list[str] | None = None) -> list[OptimizedStage]:
+             seconds: dict[str, float], log: Log = _stderr, cache: StageCache | None = None,
+             keys: Mapping[str, str] | None = None) -> list[OptimizedStage]:
     """Chain the recipe's fine-tune stages on the float baseline: [channels] -> [prune | cluster] -> [QAT].
 
-    A stage found in `cache` under its key (`stage_keys`) is loaded instead of trained, and its label appended
-    to `reused`."""
+    A stage found in `cache` under its key (`stage_keys`) is loaded instead of trained (and listed in
+    `cache.reused`)."""
     if not recipe.optimizes:
         return []
+    cache = cache or StageCache(None)
     distill = recipe.distill if recipe.distill.enabled else None
     tuner = FineTuner(train=splits.train, spec=spec, batch_size=recipe.train.batch_size, seed=recipe.train.seed,
                       augment=recipe.train.augment, teacher=baseline if distill else None, distill=distill,
@@ -300,8 +299,6 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
             seconds[label] = round(time.perf_counter() - t0, 2)
             log(f"[{label}] finished by an earlier run with the same inputs: loaded {cache.entry(label, key)} "
                 f"(Keras top-1 {stage.record.keras_top1:.2%})")
-            if reused is not None:
-                reused.append(label)
         else:
             stage = train(t0)
             if key:
