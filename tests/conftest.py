@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ import pytest
 import tflite_pipeline as tp
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
 BUNDLED = REPO / "representative_data"
 PER_CLASS = {"train": 30, "validation": 5, "calibration": 3}
 
@@ -85,3 +88,11 @@ def pqat_run(tiny_run, tiny_recipe, tmp_path_factory) -> SimpleNamespace:
         "verify.min_agreement": 0.0})
     result = tp.run(recipe, output_dir=tmp_path_factory.mktemp("pqat"), run_name="pqat", log=lambda _: None)
     return SimpleNamespace(run_dir=result.run_dir, report=json.loads((result.run_dir / "report.json").read_text()))
+
+
+def run_cli(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """`tflite-pipeline ARGS` in a child process (device layout, op determinism and SIGKILL are process-wide);
+    fails the test with the end of its log unless it exits 0."""
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done

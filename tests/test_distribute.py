@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,11 @@ import tflite_pipeline as tp
 from tflite_pipeline.recipe import VerifyConfig
 from tflite_pipeline.verify import LiteRTClassifier, measure_parity
 
-from conftest import copy_tiny_dataset, save_small_cnn
+from conftest import CLI, copy_tiny_dataset, run_cli, save_small_cnn
 
-CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
 SMALL = {"train": 8, "validation": 3, "calibration": 2}
 QUIET = ["--set", "bench.enabled=false", "--set", "diagnose.mode='off'", "--set", "verify.max_top1_drop=100.0",
          "--set", "verify.min_agreement=0.0", "--set", "convert.calibration_samples=20", "--no-cache"]
-
-
-def cli(args: list[str], env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +33,7 @@ def small_data(tmp_path_factory) -> Path:
 def mirrored_run(data: Path, output: Path, *extra: str) -> tuple[dict, str]:
     """prune-pqat-kd (pruning, then PQAT, the float baseline distilling into both) under MirroredStrategy over two
     logical CPU devices, by the CLI in a child process; returns report.json and the log."""
-    done = cli(["run", "--recipe", "prune-pqat-kd", "--data", str(data), "--output-dir", str(output), "--run-name",
+    done = run_cli(["run", "--recipe", "prune-pqat-kd", "--data", str(data), "--output-dir", str(output), "--run-name",
                 "mirrored", "--strategy", "mirrored", "--set", "distribute.cpu_devices=2", "--set", "train.epochs=0",
                 "--set", "train.batch_size=16", "--set", "prune.epochs=1", "--set", "qat.epochs=1",
                 "--set", "convert.variants=[]", *QUIET, *extra])

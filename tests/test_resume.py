@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ import pytest
 import tflite_pipeline as tp
 from tflite_pipeline.pipeline import stage_keys
 
-from conftest import copy_tiny_dataset, save_small_cnn
+from conftest import CLI, copy_tiny_dataset, run_cli, save_small_cnn
 
-CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
 RECIPE = """
 [model]
 source = "{model}"
@@ -59,20 +57,14 @@ RUN_SPECIFIC = {"run_name", "seconds", "reused_stages"}
 
 
 def command(workdir: Path, output: str, *extra: str) -> list[str]:
-    return [CLI, "run", "--recipe", str(workdir / "recipe.toml"), "--output-dir", str(workdir / output),
+    return ["run", "--recipe", str(workdir / "recipe.toml"), "--output-dir", str(workdir / output),
             "--run-name", "run", *extra]
-
-
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def kill_when(args: list[str], markers: list[str], delay: float) -> list[str]:
     """Start the CLI, SIGKILL it `delay` seconds after stderr lines starting with each of `markers` in turn;
     returns its stderr lines."""
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([CLI, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines, waiting = [], list(markers)
     for line in process.stderr:
         lines.append(line)
@@ -96,13 +88,13 @@ def runs(tmp_path_factory):
     data = copy_tiny_dataset(workdir / "data", {"train": 8, "validation": 3, "calibration": 2})
     model = save_small_cnn(workdir / "cnn.keras")
     (workdir / "recipe.toml").write_text(RECIPE.format(model=model, data=data))
-    uninterrupted = run_cli(command(workdir, "a", "--no-cache"))
+    uninterrupted = run_cli(command(workdir, "a", "--no-cache"), timeout=600)
     # in the QAT stage's training: after its "80 images, 3 epochs" line, while Keras traces and runs the steps
     killed_log = kill_when(command(workdir, "b"), ["[pqat] quantization-aware", "  80 images"], delay=0.5)
     after_kill = sorted(str(p.relative_to(workdir / "b")) for p in (workdir / "b").rglob("*"))
-    resumed = run_cli(command(workdir, "b"))
+    resumed = run_cli(command(workdir, "b"), timeout=600)
     changed = run_cli(command(workdir, "b", "--run-name", "changed", "--set", "prune.target_sparsity=0.6",
-                              "--set", "verify.min_agreement=0.01"))
+                              "--set", "verify.min_agreement=0.01"), timeout=600)
     return {"workdir": workdir, "uninterrupted": uninterrupted, "killed_log": killed_log, "after_kill": after_kill,
             "resumed": resumed, "changed": changed}
 
