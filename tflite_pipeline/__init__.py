@@ -14,15 +14,15 @@ import importlib
 from typing import Any
 
 from . import env  # noqa: F401  (must run before anything imports TensorFlow)
-from .errors import (CompatibilityError, ConversionError, DataError, DependencyError, ModelError, OutputError,
-                     ParityError, PipelineError, RecipeError, TFLiteFileError)
+from .errors import (CompatibilityError, ConversionError, DataError, DependencyError, ModelError, OptionalStepError,
+                     OutputError, ParityError, PipelineError, RecipeError, TFLiteFileError)
 
 __version__ = "0.2.0"
 
 _LAZY = {
     "Recipe": "recipe", "load_recipe": "recipe", "bundled_recipes": "recipe",
     "PreprocessSpec": "data", "ImageFolder": "data", "open_splits": "data", "read_labels": "data",
-    "build_mobilenet_v2": "models", "load_model": "models",
+    "build_mobilenet_v2": "models", "load_model": "models", "flat_tf_keras": "rebuild", "Rebuild": "rebuild",
     "train_classifier": "train",
     "ChannelsConfig": "recipe", "prune_channels": "channels", "ChannelGraph": "channels", "model_macs": "channels",
     "convert_variant": "convert", "convert_float32": "convert", "convert_int8": "convert",
@@ -38,7 +38,7 @@ _LAZY = {
 
 __all__ = [  # noqa: RUF022 - grouped by stage
     "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
-    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError",
+    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "OptionalStepError",
     *_LAZY,
 ]
 

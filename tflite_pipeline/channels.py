@@ -29,7 +29,7 @@ import numpy as np
 import tf_keras as keras
 
 from .errors import ModelError, RecipeError
-from .layers import check_flat
+from .rebuild import flat_model
 from .recipe import ChannelsConfig
 
 _L = keras.layers
@@ -73,8 +73,9 @@ class ChannelGraph:
 
     @classmethod
     def of(cls, model: keras.Model) -> "ChannelGraph":
-        """Trace every Conv2D/Dense layer's output channels. Raises `ModelError` for a nested model."""
-        check_flat(model)
+        """Trace every Conv2D/Dense layer's output channels (of the flat tf_keras rebuild of a nested or Keras 3
+        model, `rebuild.flat_model`)."""
+        model = flat_model(model)
         config = model.get_config()
         outbound: dict[str, list[str]] = {layer["name"]: [] for layer in config["layers"]}
         node_count = {layer["name"]: len(layer["inbound_nodes"]) for layer in config["layers"]}
@@ -400,6 +401,7 @@ def apply_plan(model: keras.Model, plan: ChannelPlan) -> keras.Model:
 
     The input model is untouched. A plan that keeps every channel gives a model with identical outputs.
     """
+    model = flat_model(model)
     graph = ChannelGraph.of(model)
     keep_in: dict[str, np.ndarray] = {}
     keep_out: dict[str, np.ndarray] = {}
@@ -430,6 +432,7 @@ def prune_channels(model: keras.Model, config: ChannelsConfig, batches: Iterable
                    ) -> tuple[keras.Model, ChannelPlan]:
     """Model in, thinner model out: score channels by `config.criterion`, plan for the ratio or MAC budget,
     rebuild. `batches` (preprocessed image arrays) feed the activation criterion."""
+    model = flat_model(model)
     graph = ChannelGraph.of(model)
     scores = channel_importance(graph, config.criterion, batches) if graph.groups else {}
     plan = plan_channels(graph, scores, config)

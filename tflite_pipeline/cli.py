@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import PipelineError
-from .recipe import KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS, load_recipe, parse_override
+from .recipe import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS, load_recipe, parse_override
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -45,9 +45,11 @@ def _add_skip_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--normalization", choices=NORMALIZATIONS,
-                   help="model input range: minus_one_to_one (MobileNetV2), zero_to_one, raw (0-255, the model "
-                        "normalizes itself) or mean_std (with --mean/--std on the [0, 1] scale)")
+    p.add_argument("--normalization", choices=(AUTO_NORMALIZATION, *NORMALIZATIONS),
+                   help="model input range: auto (default: raw when the model has a Rescaling, Normalization or "
+                        "preprocess_input op at its input, else minus_one_to_one), minus_one_to_one (MobileNetV2), "
+                        "zero_to_one, raw (0-255, the model normalizes itself) or mean_std (with --mean/--std on the "
+                        "[0, 1] scale)")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel means for mean_std")
     p.add_argument("--std", type=float, nargs="+", help="per-channel stds for mean_std")
 
@@ -165,10 +167,16 @@ def _preprocess_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _finish_run(result) -> int:
-    print(result.report.parity.format_table())
+    report = result.report
+    print(report.parity.format_table())
     print(f"\nrun folder: {result.run_dir}")
-    result.report.parity.check()
-    return 0
+    if report.next_steps():
+        print("\nnext steps:\n" + "\n".join(f"- {step}" for step in report.next_steps()))
+    report.parity.check()
+    for failure in report.failed_steps:
+        print(f"error (optional step {failure.step!r}, {failure.error}): {failure.message}; the verified models are "
+              "in the run folder", file=sys.stderr)
+    return report.exit_code
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import tf_keras as keras
 from .errors import RecipeError
 from .layers import select_layers
 from .models import copy_model
+from .rebuild import flat_model
 from .recipe import ClusterConfig
 
 _clustering = tfmot.clustering.keras
@@ -17,6 +18,7 @@ _clustering = tfmot.clustering.keras
 
 def check_clustering(model: keras.Model, config: ClusterConfig) -> list[str]:
     """The layers to cluster; `RecipeError` when one has fewer weights than `clusters`."""
+    model = flat_model(model)
     names = select_layers(model, "cluster", patterns=config.layers, layer_types=config.layer_types,
                           exclude=config.exclude)
     for name in names:
@@ -32,6 +34,7 @@ def cluster_weights(model: keras.Model, config: ClusterConfig) -> tuple[keras.Mo
 
     Raises `RecipeError` when a layer has fewer weights than `clusters` or a pattern matches nothing.
     """
+    model = flat_model(model)
     names = check_clustering(model, config)
     params = {"number_of_clusters": config.clusters,
               "cluster_centroids_init": _clustering.CentroidInitialization.KMEANS_PLUS_PLUS}

@@ -23,6 +23,7 @@ from .data import ImageFolder, PreprocessSpec
 from .errors import ConversionError, DataError, ModelError
 from .inspect import inspect_tflite
 from .models import check_finite_weights, first_non_finite_layer, image_input_shape
+from .rebuild import is_keras3
 from .recipe import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES
 
 RepresentativeDataset = Callable[[], Iterable[list[np.ndarray]]]
@@ -39,14 +40,31 @@ def representative_dataset(folder: ImageFolder, spec: PreprocessSpec, num_sample
                         f"calibration needs at least {MIN_CALIBRATION_SAMPLES} (200+ recommended).")
 
     def generate() -> Iterator[list[np.ndarray]]:
+        samples = []
         for path in subset.files:
             x = spec.load(path)
             if not np.all(np.isfinite(x)):
                 raise DataError(f"Calibration image {path!r} gives non-finite input after preprocessing.")
+            samples.append(x)
+        if spec.normalization == "raw":
+            anchor_pixel_range(samples)
+        for x in samples:
             yield [x[np.newaxis]]
 
     generate.num_samples = len(subset)  # type: ignore[attr-defined]
     return generate
+
+
+def anchor_pixel_range(samples: list[np.ndarray]) -> None:
+    """Make raw-pixel calibration span exactly [0, 255], so the int8 input gets scale 1 and zero point -128
+    (uint8: scale 1, zero point 0): the input byte is the pixel, no rounding anywhere.
+
+    The converter takes the input's range from the calibration data's min and max (0 is always in it). When no
+    image reaches 255, one pixel of the first image is set to 255 (a white speck: the other activation ranges
+    barely notice)."""
+    if samples and max(float(x.max()) for x in samples) < 255.0:
+        samples[0] = samples[0].copy()
+        samples[0][(0,) * (samples[0].ndim - 1)] = 255.0
 
 
 def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
@@ -59,7 +77,9 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
     spec = tf.TensorSpec([None, height, width, channels], tf.float32, name="input")
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     holder = tf.Module()
-    holder.model_variables = list(model.variables)
+    # Keras 3 variables wrap TensorFlow's: the converter must see the tf.Variables the function reads (else int8
+    # calibration fails on READ_VARIABLE); tf_keras' are those already, in the model's order
+    holder.model_variables = list(function.variables) if is_keras3(model) else list(model.variables)
     return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
-from .recipe import NORMALIZATIONS, PreprocessConfig
+from .recipe import AUTO_NORMALIZATION, NORMALIZATIONS, PreprocessConfig
 from .runfolder import listing_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -47,6 +47,7 @@ class PreprocessSpec:
     resize: str = "bilinear"
     channel_order: str = "RGB"
     layout: str = "NHWC"
+    source: str = ""   # why this normalization: the recipe's setting, or what the model does to its input
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -59,11 +60,21 @@ class PreprocessSpec:
                             "expected 1 or one-per-channel values of each.")
 
     @classmethod
-    def from_config(cls, config: PreprocessConfig, input_shape: Sequence[int]) -> "PreprocessSpec":
-        """Combine a recipe's normalization with a model input shape `(height, width, channels)`."""
+    def from_config(cls, config: PreprocessConfig, input_shape: Sequence[int], *,
+                    model_normalizes: str | None = None) -> "PreprocessSpec":
+        """Combine a recipe's normalization with a model input shape `(height, width, channels)`.
+
+        `normalization = "auto"` becomes `raw` when `model_normalizes` says what normalizes the input inside the
+        model (`rebuild.input_preprocessing`), else `minus_one_to_one`; `source` records why."""
         height, width, channels = (int(d) for d in input_shape)
-        return cls(height=height, width=width, channels=channels, normalization=config.normalization,
-                   mean=tuple(config.mean), std=tuple(config.std))
+        normalization, source = config.normalization, "the recipe (preprocess.normalization)"
+        if normalization == AUTO_NORMALIZATION:
+            normalization = "raw" if model_normalizes else "minus_one_to_one"
+            source = (f"auto: the model normalizes its own input ({model_normalizes}), so it takes raw pixels"
+                      if model_normalizes else "auto: the model has no preprocessing layer at its input; "
+                      "MobileNetV2's [-1, 1]")
+        return cls(height=height, width=width, channels=channels, normalization=normalization,
+                   mean=tuple(config.mean), std=tuple(config.std), source=source)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":

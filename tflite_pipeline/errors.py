@@ -72,3 +72,11 @@ class CompatibilityError(PipelineError):
     """A model cannot run in the Android app's contract or in a target TFLite/LiteRT runtime."""
 
     exit_code = 11
+
+
+class OptionalStepError(PipelineError):
+    """An optional step after verification (diagnosis, fallback, latency, MACs, plots) failed on an unexpected
+    error. The verified run folder was still published; its report names the step and the error. An optional
+    step that fails with one of the errors above exits with that error's code instead."""
+
+    exit_code = 12

@@ -7,25 +7,18 @@ from typing import Sequence
 
 import tf_keras as keras
 
-from .errors import ModelError, RecipeError
-
-
-def check_flat(model: keras.Model) -> None:
-    """Raise `ModelError` for a model with nested sub-models, which tfmot cannot wrap layer by layer."""
-    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
-    if nested:
-        raise ModelError(f"Model {model.name!r} contains nested models {nested}; tfmot wraps layers of a flat model "
-                         "only. Rebuild it functionally (e.g. `keras.Model(base.input, head(base.output))`) so every "
-                         "layer sits at the top level.")
+from .errors import RecipeError
+from .rebuild import flat_model
 
 
 def select_layers(model: keras.Model, section: str, *, patterns: Sequence[str], layer_types: Sequence[str],
                   exclude: Sequence[str]) -> list[str]:
     """Names of the layers of `layer_types` matching any of `patterns` (all when empty) and none of `exclude`.
 
-    Raises `RecipeError` when a pattern matches no layer, or when nothing is selected.
+    A nested or Keras 3 model is looked at as its flat tf_keras rebuild (`rebuild.flat_model`), whose layers keep
+    their names. Raises `RecipeError` when a pattern matches no layer, or when nothing is selected.
     """
-    check_flat(model)
+    model = flat_model(model)
     types = tuple(getattr(keras.layers, name) for name in layer_types)
     candidates = [layer for layer in model.layers if type(layer) in types]
     for pattern in [*patterns, *exclude]:

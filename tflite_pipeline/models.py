@@ -1,13 +1,15 @@
 """Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
 
-Everything here is Keras 2 (`tf_keras`), which tfmot requires. A Keras 3 model is rejected with
-a message that says how to rebuild it, never half-converted.
+The builder makes Keras 2 (`tf_keras`) models, which tfmot requires. Users' files may be tf_keras or Keras 3
+(`.keras` or `.h5` saved by `import keras`): both load here, in safe mode, and conversion and verification take
+either as it is; `rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -80,12 +82,24 @@ def copy_model(model: keras.Model) -> keras.Model:
     return clone
 
 
-def _keras_version_in_archive(path: Path) -> str | None:
+def saved_keras_version(path: Path) -> str | None:
+    """The Keras version a `.keras` archive or an `.h5` file records (None when it records none)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("metadata.json")).get("keras_version")
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("metadata.json")).get("keras_version")
+        import h5py
+
+        with h5py.File(path, "r") as archive:
+            version = archive.attrs.get("keras_version")
+        return version.decode() if isinstance(version, bytes) else version
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, AttributeError):
         return None
+
+
+def _is_keras3_file(path: Path) -> bool:
+    version = saved_keras_version(path) if path.is_file() else None
+    return bool(version) and not version.startswith("2.")
 
 
 UNSAFE_HINT = ("Its Python code would run while loading. If you trust the file, pass --unsafe-load (CLI), "
@@ -135,55 +149,70 @@ def refuse_lambda_layers(path: Path) -> None:
 
 
 def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
-    """Load a Keras 2 model from `.keras`, `.h5` or a SavedModel folder, and check it is an image classifier.
+    """Load a Keras model from `.keras`, `.h5` or a SavedModel folder, and check it is an image classifier.
 
-    `safe_mode=False` allows deserializing Lambda layers, which runs code from the file: only for files you trust.
-    Raises `ModelError` when the file is missing, was saved by Keras 3, has Lambda layers (in safe mode), or is
-    not an image classifier.
+    tf_keras files load as tf_keras models, files saved by Keras 3 (`keras_version` 3.x in the file) as Keras 3
+    models, both in safe mode: `safe_mode=False` allows deserializing Lambda layers, which runs code from the file
+    (only for files you trust). Raises `ModelError` when the file is missing or unreadable, has Lambda layers (in
+    safe mode), or is not an image classifier.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"Model {str(path)!r} does not exist; expected a .keras or .h5 file or a SavedModel folder.")
-    if path.is_file() and path.suffix == ".keras":
-        version = _keras_version_in_archive(path)
-        if version and not version.startswith("2."):
-            raise ModelError(f"{str(path)!r} was saved by Keras {version}; tfmot needs Keras 2 (tf_keras). Rebuild "
-                             "the model with `import tf_keras as keras` (or TF_USE_LEGACY_KERAS=1) and save it again.")
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         raise ModelError(f"Folder {str(path)!r} is not a SavedModel (no saved_model.pb).")
     if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelError(f"Received {str(path)!r}; expected a .keras or .h5 file or a SavedModel folder.")
     if safe_mode and path.suffix != ".keras":  # Keras' own safe mode guards .keras files
         refuse_lambda_layers(path)
+    keras3 = _is_keras3_file(path)
     try:
-        kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
-        model = keras.models.load_model(path, compile=False, **kwargs)
+        if keras3:
+            import keras as keras3_api
+
+            kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
+            model = keras3_api.saving.load_model(path, compile=False, **kwargs)
+        else:
+            kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
+            model = keras.models.load_model(path, compile=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable files
-        if safe_mode and "Lambda" in str(error):
+        if safe_mode and ("Lambda" in str(error) or "safe_mode" in str(error)):
             raise ModelError(f"{str(path)!r} contains a Lambda layer. {UNSAFE_HINT}") from None
         raise ModelError(f"Cannot load Keras model {str(path)!r}: {type(error).__name__}: {error}") from None
-    if not isinstance(model, keras.Model):
+    if not is_keras_model(model):
         raise ModelError(f"{str(path)!r} is a plain TensorFlow SavedModel, not a Keras model; save it with "
-                         "tf_keras (`model.save(...)`) so it can be fine-tuned and verified.")
+                         "Keras (`model.save(...)`) so it can be fine-tuned and verified.")
     image_input_shape(model)
     return model
 
 
-def ensure_tf_keras(model: object) -> keras.Model:
-    """Return `model` if it is a tf_keras (Keras 2) model; raise `ModelError` for Keras 3 or anything else."""
+def is_keras_model(model: object) -> bool:
+    """Whether `model` is a tf_keras or a Keras 3 `Model`."""
     if isinstance(model, keras.Model):
+        return True
+    keras3_api = sys.modules.get("keras")   # Keras 3, when anything imported it
+    return keras3_api is not None and isinstance(model, keras3_api.Model)
+
+
+def ensure_model(model: object) -> keras.Model:
+    """Return `model` if it is a tf_keras or Keras 3 model; raise `ModelError` for anything else."""
+    if is_keras_model(model):
         return model
-    module = type(model).__module__
-    if module.startswith("keras"):
-        raise ModelError(f"Received a Keras 3 model ({module}.{type(model).__name__}); tfmot and this pipeline need "
-                         "Keras 2: build it with `import tf_keras as keras` (or set TF_USE_LEGACY_KERAS=1 before "
-                         "importing TensorFlow), or save it and load it with tflite_pipeline.load_model.")
-    raise ModelError(f"Received {type(model).__name__}; expected a tf_keras.Model.")
+    raise ModelError(f"Received {type(model).__name__}; expected a Keras model (tf_keras or Keras 3).")
+
+
+def _model_class(model: object) -> type:
+    """`keras.Model` of the Keras that made `model` (tf_keras or Keras 3)."""
+    if isinstance(model, keras.Model):
+        return keras.Model
+    import keras as keras3_api
+
+    return keras3_api.Model
 
 
 def image_input_shape(model: object) -> tuple[int, int, int]:
     """`(height, width, channels)` of a single-image-input, single-output classifier, or `ModelError`."""
-    model = ensure_tf_keras(model)
+    model = ensure_model(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                          "expected one image input and one class-score output.")
@@ -200,8 +229,10 @@ def image_input_shape(model: object) -> tuple[int, int, int]:
 def outputs_probabilities(model: keras.Model) -> bool:
     """Whether the model ends in a softmax (probabilities) rather than logits. Looks through tfmot wrappers."""
     last = model.layers[-1]
+    if is_keras_model(last):  # a nested head (Sequential inside the classifier)
+        return outputs_probabilities(last)
     last = getattr(last, "layer", last)  # PruneLowMagnitude / QuantizeWrapper / ClusterWeights keep `.layer`
-    if isinstance(last, keras.layers.Softmax):
+    if type(last).__name__ == "Softmax":  # tf_keras or Keras 3
         return True
     activation = getattr(last, "activation", None)
     activation = getattr(activation, "activation", activation)  # tfmot's QuantizeAwareActivation wraps the function
@@ -249,7 +280,7 @@ def check_finite_weights(model: keras.Model) -> None:
 def first_non_finite_layer(model: keras.Model, images: np.ndarray) -> str | None:
     """The first layer (in graph order) whose output on `images` holds NaN or Inf, or None."""
     try:
-        probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
+        probe = _model_class(model)(model.inputs, [layer.output for layer in model.layers[1:]])
     except (AttributeError, ValueError):  # a shared layer has no single output to probe
         return None
     outputs = probe(images, training=False)

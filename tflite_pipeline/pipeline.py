@@ -16,17 +16,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
 import tf_keras as keras
 
 from . import env
 from .convert import IsolatedConverter, RepresentativeDataset, convert_variant, representative_dataset
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
-from .errors import DataError, ModelError, OutputError
+from .errors import DataError, ModelError, OptionalStepError, OutputError, PipelineError
 from .inspect import inspect_tflite
 from .models import (MOBILENET_V2, build_mobilenet_v2, check_finite_weights, check_labels, count_parameters,
                      image_input_shape, load_model)
 from .recipe import BUNDLED_DATA, PreprocessConfig, Recipe, VerifyConfig
-from .report import ModelArtifact, RunReport, StageRecord
+from .rebuild import Rebuild, flat_tf_keras, input_preprocessing, is_keras3, needs_rebuild
+from .report import ModelArtifact, RunReport, StageRecord, StepFailure
 from .runfolder import RunFolder, check_run_name, sha256_tree
 from .cache import CachedStage, StageCache, inputs_key, stage_key
 from .bench import LatencyResult, cpu_description, measure_latency
@@ -122,12 +124,13 @@ def run(recipe: Recipe, *, output_dir: str | Path = "models", run_name: str | No
             trained = trained.standalone()
         report = export_and_verify(trained.baseline, trained.splits, trained.spec, recipe, folder,
                                    name=model_name(recipe), seconds=seconds, started=started, stages=trained.stages,
-                                   reused=trained.reused, log=log)
+                                   reused=trained.reused, rebuild=trained.rebuild, log=log)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    failed = f"; optional steps failed: {', '.join(f.step for f in report.failed_steps)}" if report.failed_steps else ""
     log(f"[done] {folder.final if scratch is None else 'worker (the chief writes the run folder)'} in "
-        f"{report.seconds['total']:.0f} s; parity gate {'passed' if report.passed else 'FAILED'}")
+        f"{report.seconds['total']:.0f} s; parity gate {'passed' if report.passed else 'FAILED'}{failed}")
     return RunResult(folder.final, report)
 
 
@@ -141,6 +144,7 @@ class TrainedStages:
     spec: PreprocessSpec
     stages: list[OptimizedStage]
     reused: tuple[str, ...]
+    rebuild: Rebuild | None = None
 
     def standalone(self) -> "TrainedStages":
         """The same models reloaded outside the tf.distribute strategy they were trained under."""
@@ -161,7 +165,12 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
         ", ".join(f"{k} {v}" for k, v in splits.counts().items()))
     model = baseline_model(recipe, len(splits.class_names))
     check_labels(model, splits.class_names, f"the labels of {str(splits.root)!r}")
-    spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model))
+    spec = PreprocessSpec.from_config(recipe.preprocess, image_input_shape(model),
+                                      model_normalizes=input_preprocessing(model))
+    log(f"[preprocess] {spec.formula()} ({spec.source})")
+    rebuild = None
+    if (training or recipe.optimizes) and needs_rebuild(model):  # tf_keras training and tfmot need flat tf_keras
+        model, rebuild = prove_rebuild(model, calibration_images(splits, recipe), spec, recipe, log)
     preflight(recipe, model)
     keys = stage_keys(recipe, inputs_key(model, splits, {"preprocess": spec.to_dict()}))
     seconds["prepare"] = round(time.perf_counter() - t0, 2)
@@ -174,6 +183,9 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
             model = cached.model
             log(f"[train] finished by an earlier run with the same inputs: loaded {cache.entry('baseline', key)}")
         else:
+            if recipe.model.source != MOBILENET_V2:
+                log(f"[train] fine-tuning your model for {recipe.train.epochs} epochs first (train.epochs; set "
+                    "train.epochs=0 to take it as trained)")
             log(f"[train] {model.name}, {model.count_params():,} parameters, input {spec.input_shape}")
             model = train_classifier(model, splits.train, spec, recipe.train, validation=splits.validation,
                                      deterministic=d.deterministic, log=log)
@@ -181,7 +193,19 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
         seconds["train"] = round(time.perf_counter() - t0, 2)
 
     stages = optimize(model, splits, spec, recipe, seconds=seconds, log=log, cache=cache, keys=keys)
-    return TrainedStages(model, splits, spec, stages, tuple(cache.reused))
+    return TrainedStages(model, splits, spec, stages, tuple(cache.reused), rebuild)
+
+
+def prove_rebuild(model: object, calibration: ImageFolder, spec: PreprocessSpec, recipe: Recipe, log: Log
+                  ) -> tuple[keras.Model, Rebuild]:
+    """The flat tf_keras twin of a Keras 3 or nested model, proven on the calibration images before any stage runs
+    (`rebuild.flat_tf_keras`; `ModelError` when it differs or a layer has no twin)."""
+    images = np.concatenate([images for images, _ in calibration.batches(spec, recipe.verify.batch_size)])
+    flat, record = flat_tf_keras(model, images)
+    log(f"[rebuild] {record.describe()} (allowed {record.tolerance:g} x max(1, max |output|))")
+    if record.dropped:
+        log(f"  Keras 3 settings with no tf_keras twin, dropped: {record.dropped}")
+    return flat, record
 
 
 def enable_determinism(log: Log = _stderr) -> None:
@@ -372,8 +396,9 @@ def optimize(baseline: keras.Model, splits: DatasetSplits, spec: PreprocessSpec,
             if q.calibrate_ranges:
                 calibration = (images for images, _ in
                                calibration_images(splits, recipe).batches(spec, recipe.train.batch_size))
-            qat = tuner.fit(quantize_aware(current, scheme, calibration=calibration), epochs=q.epochs,
-                            learning_rate=q.learning_rate)
+            input_range = (0.0, 255.0) if spec.normalization == "raw" else None  # the input byte is the pixel
+            qat = tuner.fit(quantize_aware(current, scheme, calibration=calibration, input_range=input_range),
+                            epochs=q.epochs, learning_rate=q.learning_rate)
             return OptimizedStage(label, qat, record(label, qat, t0, macs, **inherited), is_qat=True)
 
         run_stage(label, quantize, is_qat=True)
@@ -404,18 +429,44 @@ def export_jobs(stages: list[OptimizedStage], variants: tuple[str, ...]) -> list
     return jobs
 
 
+class OptionalSteps:
+    """Runs the steps after verification that a run can do without: a failure is recorded (`failures`), logged,
+    and costs the user nothing that was verified. Typed errors keep their exit code; anything else is an
+    `OptionalStepError` (exit 12)."""
+
+    def __init__(self, log: Log = _stderr) -> None:
+        self.failures: list[StepFailure] = []
+        self._log = log
+
+    def run(self, step: str, function: Callable[..., object], *args: object, default: object = None,
+            **kwargs: object) -> object:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - an optional step must never cost the verified models
+            family = error if isinstance(error, PipelineError) else OptionalStepError
+            message = " ".join(str(error).split())[:500] or type(error).__name__
+            failure = StepFailure(step=step, error=type(error).__name__, message=message, exit_code=family.exit_code)
+            self.failures.append(failure)
+            self._log(f"warning: optional step {step!r} failed ({failure.error}: {message}); the verified models "
+                      "are kept and the report names the failure")
+            return default
+
+
 def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: PreprocessSpec, recipe: Recipe,
                       folder: RunFolder, *, name: str, seconds: dict[str, float], started: float,
-                      stages: list[OptimizedStage] = (), reused: tuple[str, ...] = (), log: Log = _stderr
-                      ) -> RunReport:
+                      stages: list[OptimizedStage] = (), reused: tuple[str, ...] = (), rebuild: Rebuild | None = None,
+                      log: Log = _stderr) -> RunReport:
     """Convert every variant, verify them against `model`, and write the complete run folder.
 
+    Conversion and verification are the run; the steps after them (diagnosis and fallback, latency, MACs, plots)
+    are optional: one that fails is recorded in the report (`failed_steps`) and the folder is still published.
     `seconds` holds the earlier stages' wall times; `started` is the run's `time.perf_counter()` start."""
     warnings = []
     skipped = sorted({file for files in splits.skipped().values() for file in files})
     if skipped:
         warnings.append(f"skipped {len(skipped)} files that are not decodable images (data.skip_bad_images): "
                         + ", ".join(repr(Path(f).name) for f in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    optional = OptionalSteps(log)
     with folder:
         t0 = time.perf_counter()
         jobs = export_jobs(stages, recipe.convert.variants)
@@ -445,7 +496,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
                 if job.stage is not None:
                     sources[variant] = (f"{job.stage.label} Keras", job.stage.model)
                 info = inspect_tflite(data)
-                artifacts.append(ModelArtifact.measure(variant, file, data, info, latency=_latency(data, recipe),
+                artifacts.append(ModelArtifact.measure(variant, file, data, info,
                                                        layer_sparsity=info.layer_sparsity(pruned)))
         seconds["convert"] = round(time.perf_counter() - t0, 2)
 
@@ -457,40 +508,7 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
         if parity.keras_top1 < 1.5 * chance:
             warnings.append(f"the float model scores {parity.keras_top1:.1%} (chance is {chance:.1%}); it is not "
                             "a usable baseline (train longer, or lower model.bn_momentum)")
-
-        t0 = time.perf_counter()
-        ptq = [job for job in jobs if job.kind == "int8" and not (job.stage and job.stage.is_qat)]
-        diagnoses, fallbacks = [], []
-        for job in ptq:
-            variant = job.variant
-            source_top1 = job.stage.record.keras_top1 if job.stage else parity.keras_top1
-            outcome = diagnose_and_repair(variant, job.source_model(model), parity.row(variant), source_top1, splits,
-                                          spec, recipe, representative, log=log)
-            if outcome is None:
-                continue
-            diagnosis, fallback = outcome
-            diagnoses.append(diagnosis)
-            folder.write_text(f"{name}_{variant}_layers.csv", diagnosis.to_csv())
-            if fallback is None:
-                continue
-            fallbacks.append(fallback)
-            if fallback.model is None:
-                if not fallback.met:
-                    warnings.append(f"float fallback for {variant}: budget not met: {fallback.reason}")
-                continue
-            fallback_variant = f"{variant}_fallback"
-            file = f"{name}_{fallback_variant}.tflite"
-            folder.write_bytes(file, fallback.model)
-            artifacts.append(ModelArtifact.measure(fallback_variant, file, fallback.model,
-                                                   inspect_tflite(fallback.model),
-                                                   latency=_latency(fallback.model, recipe)))
-            fallback_parity = measure_parity(model, {fallback_variant: fallback.model}, splits.validation, spec,
-                                             recipe.verify, sources={fallback_variant: sources[variant]}
-                                             if variant in sources else None, log=log)
-            parity = replace(parity, rows=parity.rows + fallback_parity.rows)
-        if diagnoses:
-            seconds["diagnose"] = round(time.perf_counter() - t0, 2)
-
+        # the float baseline, the stages' Keras models, labels and preprocessing: what `verify RUN_DIR` needs
         model.save(folder.path(f"{name}{KERAS_FILE_SUFFIX}"))
         for optimized in {id(job.stage): job.stage for job in jobs if job.stage}.values():
             if optimized.is_qat:
@@ -499,6 +517,49 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
                 optimized.model.save(folder.path(f"{name}_{optimized.label}.keras"))
         folder.write_text("labels.txt", "\n".join(splits.class_names) + "\n")
         folder.write_json("preprocessing.json", spec.to_dict())
+
+        # --- optional steps: a failure is recorded, the verified models stay ---
+        t0 = time.perf_counter()
+        ptq = [job for job in jobs if job.kind == "int8" and not (job.stage and job.stage.is_qat)]
+        diagnoses, fallbacks = [], []
+        for job in ptq:
+            outcome = optional.run(f"diagnose {job.variant}", diagnose_and_repair, job.variant,
+                                   job.source_model(model), parity.row(job.variant),
+                                   job.stage.record.keras_top1 if job.stage else parity.keras_top1, splits, spec,
+                                   recipe, representative, log=log)
+            if outcome is None:
+                continue
+            diagnosis, fallback = outcome
+            diagnoses.append(diagnosis)
+            folder.write_text(f"{name}_{job.variant}_layers.csv", diagnosis.to_csv())
+            if fallback is None:
+                continue
+            fallbacks.append(fallback)
+            if fallback.model is None:
+                if not fallback.met:
+                    warnings.append(f"float fallback for {job.variant}: budget not met: {fallback.reason}")
+                continue
+            rows = optional.run(f"verify {job.variant}_fallback", measure_parity, model,
+                                {f"{job.variant}_fallback": fallback.model}, splits.validation, spec, recipe.verify,
+                                sources={f"{job.variant}_fallback": sources[job.variant]}
+                                if job.variant in sources else None, log=log)
+            if rows is None:
+                continue
+            file = f"{name}_{job.variant}_fallback.tflite"   # written once verified, so the folder claims it
+            folder.write_bytes(file, fallback.model)
+            artifacts.append(ModelArtifact.measure(f"{job.variant}_fallback", file, fallback.model,
+                                                   inspect_tflite(fallback.model)))
+            flatbuffers[f"{job.variant}_fallback"] = fallback.model
+            parity = replace(parity, rows=parity.rows + rows.rows)
+        if diagnoses:
+            seconds["diagnose"] = round(time.perf_counter() - t0, 2)
+        if recipe.bench.enabled:
+            t0 = time.perf_counter()
+            latencies = optional.run("latency", lambda: [_latency(flatbuffers[a.variant], recipe) for a in artifacts])
+            if latencies is not None:
+                artifacts = [replace(a, latency=latency) for a, latency in zip(artifacts, latencies, strict=True)]
+            seconds["latency"] = round(time.perf_counter() - t0, 2)
+        baseline_macs = optional.run("MACs", model_macs, model)
         seconds["total"] = round(time.perf_counter() - started, 2)
         report = RunReport(
             run_name=folder.final.name, recipe=recipe.to_dict(),
@@ -506,19 +567,25 @@ def export_and_verify(model: keras.Model, splits: DatasetSplits, spec: Preproces
             data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts(),
                   "skipped_files": len(skipped), "skipped": splits.skipped()},
             model={"name": name, "keras_name": model.name, "input_shape": list(spec.input_shape),
-                   "classes": len(splits.class_names), "parameters": int(model.count_params())},
+                   "classes": len(splits.class_names), "parameters": int(model.count_params()),
+                   "keras": "Keras 3" if is_keras3(model) else "tf_keras",
+                   "rebuild": rebuild.to_dict() if rebuild else None},
             preprocessing=spec.to_dict(), artifacts=tuple(artifacts), parity=parity, seconds=dict(seconds),
-            stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params()), macs=model_macs(model)),
+            stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params()), macs=baseline_macs),
                     *(s.record for s in stages)),
             channels=next((s.channel_plan.to_dict() for s in stages if s.channel_plan), None),
             warnings=tuple(warnings), diagnoses=tuple(diagnoses), fallbacks=tuple(fallbacks),
             machine=cpu_description(), reused_stages=reused)
+        figures = optional.run("plots", report.figures, default={})
+        report = replace(report, failed_steps=tuple(optional.failures), figures_written=tuple(figures))
+        page = optional.run("report.html", report.to_html, figures)
+        report = replace(report, failed_steps=tuple(optional.failures))
         folder.write_json("report.json", report.to_dict())
         folder.write_text("report.md", report.to_markdown())
-        figures = report.figures()
         for file, png in figures.items():
             folder.write_bytes(file, png)
-        folder.write_text("report.html", report.to_html(figures))
+        if page is not None:
+            folder.write_text("report.html", page)
         folder.write_json("manifest.json", run_manifest(recipe, splits, report.versions, folder.output_hashes()))
     for warning in warnings:
         log(f"warning: {warning}")

@@ -10,6 +10,7 @@ import tf_keras as keras
 
 from .layers import select_layers
 from .models import copy_model
+from .rebuild import flat_model
 from .recipe import PruneConfig
 
 _sparsity = tfmot.sparsity.keras
@@ -33,6 +34,7 @@ def prune_low_magnitude(model: keras.Model, config: PruneConfig, total_steps: in
     Train it with `pruning_callbacks()`, then `strip_pruning`. Raises `RecipeError` when a layer
     pattern matches nothing.
     """
+    model = flat_model(model)
     names = select_layers(model, "prune", patterns=config.layers, layer_types=config.layer_types,
                           exclude=config.exclude)
     schedule = pruning_schedule(config, total_steps)

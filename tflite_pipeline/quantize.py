@@ -25,11 +25,13 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cl
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
     default_8bit_prune_preserve_quantize_scheme as prune_preserve)
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_configs as default_configs)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_registry as default_registry)
 
 from .errors import ModelError
-from .layers import check_flat
-from .models import refuse_lambda_layers
+from .models import load_model, refuse_lambda_layers
+from .rebuild import flat_model
 
 _quant = tfmot.quantization.keras
 SCHEMES = ("default", "prune_preserve", "cluster_preserve")
@@ -86,8 +88,26 @@ class _PerChannelDepthwiseScheme(_quant.QuantizeScheme):
         return _PerChannelDepthwiseRegistry(self._scheme.get_quantize_registry())
 
 
+class PreprocessingQuantizeConfig(default_configs.Default8BitOutputQuantizeConfig):
+    """Input preprocessing inside the model (`Rescaling`, `Normalization`, which tfmot's registry does not know):
+    no weights to fake-quantize, the output quantized like any activation, as the converter will."""
+
+
+# layers that normalize the model's input: tfmot gets them with `PreprocessingQuantizeConfig`
+PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 CUSTOM_OBJECTS = {"DepthwiseQuantizeConfig": DepthwiseQuantizeConfig,
-                  "DepthwiseWeightsQuantizer": DepthwiseWeightsQuantizer}
+                  "DepthwiseWeightsQuantizer": DepthwiseWeightsQuantizer,
+                  "PreprocessingQuantizeConfig": PreprocessingQuantizeConfig}
+
+
+def _annotate(model: keras.Model) -> keras.Model:
+    """tfmot's annotation of every layer, preprocessing layers with `PreprocessingQuantizeConfig`."""
+    def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if type(layer) in PREPROCESSING_LAYERS:
+            return _quant.quantize_annotate_layer(layer, quantize_config=PreprocessingQuantizeConfig())
+        return layer
+
+    return _quant.quantize_annotate_model(keras.models.clone_model(model, clone_function=annotate))
 
 
 def _scheme(name: str) -> _quant.QuantizeScheme:
@@ -101,25 +121,42 @@ def _scheme(name: str) -> _quant.QuantizeScheme:
 
 
 def quantize_aware(model: keras.Model, scheme: str = "default", *,
-                   calibration: Iterable[np.ndarray] | None = None) -> keras.Model:
+                   calibration: Iterable[np.ndarray] | None = None,
+                   input_range: tuple[float, float] | None = None) -> keras.Model:
     """A QAT copy of `model` (fake-quant on weights and activations) under `scheme`, its activation
-    ranges measured on the `calibration` batches when given.
+    ranges measured on the `calibration` batches when given. `input_range` fixes the input quantizer's range
+    (raw pixels: (0, 255), so the int8 input's scale is exactly 1 and the input byte is the pixel).
 
-    Raises `ModelError` for nested models and for layers tfmot cannot quantize, naming them.
+    A nested or Keras 3 model is first rebuilt flat (`rebuild.flat_model`). Raises `ModelError` for layers tfmot
+    cannot quantize, naming them.
     """
     if scheme not in SCHEMES:
         raise ModelError(f"Received QAT scheme {scheme!r}; expected one of {SCHEMES}.")
-    check_flat(model)
+    model = flat_model(model)
     try:
         with _quant.quantize_scope(CUSTOM_OBJECTS):
-            qat = _quant.quantize_apply(_quant.quantize_annotate_model(model), _scheme(scheme))
+            qat = _quant.quantize_apply(_annotate(model), _scheme(scheme))
     except Exception as error:  # noqa: BLE001 - tfmot raises RuntimeError, ValueError, NameError, ...
         raise ModelError(f"tfmot cannot quantize {model.name!r} for QAT: {error}".split("\n")[0] +
                          " Remove or replace that layer, or skip the [qat] stage (post-training int8 still "
                          "works).") from None
     if calibration is not None:
         calibrate_activation_ranges(qat, calibration)
+    if input_range is not None:
+        set_input_range(qat, *input_range)
     return qat
+
+
+def set_input_range(qat_model: keras.Model, low: float, high: float) -> None:
+    """Set the range of tfmot's input quantizer (`QuantizeLayer`), which the converter takes for the int8 input."""
+    for layer in qat_model.layers:
+        if type(layer).__name__ == "QuantizeLayer":
+            for variable in layer.weights:
+                bound = _base_name(variable.name)
+                if bound.endswith("_min"):
+                    variable.assign(np.float32(low))
+                elif bound.endswith("_max"):
+                    variable.assign(np.float32(high))
 
 
 _EMA_DECAY = 0.999  # tfmot's MovingAverageQuantizer
@@ -178,10 +215,9 @@ def save_model_file(model: keras.Model, folder: str | Path, stem: str = "model")
 
 
 def load_model_file(path: str | Path) -> keras.Model:
-    """Load a file written by `save_model_file` (our own files: no safe-mode scan)."""
+    """Load a file written by `save_model_file` (our own files: no safe-mode scan; tf_keras or Keras 3)."""
     path = Path(path)
-    return load_qat_model(path, safe_mode=False) if path.suffix == ".h5" else \
-        keras.models.load_model(path, compile=False)
+    return load_qat_model(path, safe_mode=False) if path.suffix == ".h5" else load_model(path, safe_mode=False)
 
 
 def standalone_copy(model: keras.Model) -> keras.Model:

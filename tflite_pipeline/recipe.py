@@ -23,6 +23,7 @@ from .errors import RecipeError
 
 BUNDLED_DATA = "<bundled>"
 NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
+AUTO_NORMALIZATION = "auto"   # raw pixels when the model normalizes its own input, else minus_one_to_one
 IO_DTYPES = ("int8", "uint8")
 VARIANTS = ("float32", "int8")                      # exported by default
 EXTRA_VARIANTS = ("float16", "dynamic")             # on request: float16 weights; int8 weights, float activations
@@ -142,13 +143,15 @@ class PreprocessConfig(_Section):
     """How pixels become model input. The input size comes from the model itself."""
 
     section: ClassVar[str] = "preprocess"
-    normalization: str = "minus_one_to_one"
+    # "auto": raw pixels (0-255) when the model normalizes its own input (a Rescaling or Normalization layer,
+    # preprocess_input's op layers at the input), else minus_one_to_one (MobileNetV2's [-1, 1])
+    normalization: str = AUTO_NORMALIZATION
     mean: tuple[float, ...] = ()   # per channel, on the [0, 1] scale (normalization = "mean_std")
     std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        _require(self.normalization in NORMALIZATIONS, self.section, "normalization", self.normalization,
-                 f"one of {', '.join(NORMALIZATIONS)}")
+        _require(self.normalization in (AUTO_NORMALIZATION, *NORMALIZATIONS), self.section, "normalization",
+                 self.normalization, f"one of {AUTO_NORMALIZATION}, {', '.join(NORMALIZATIONS)}")
         if self.normalization == "mean_std":
             _require(len(self.mean) in (1, 3) and len(self.std) == len(self.mean), self.section, "mean",
                      self.mean, "1 or 3 values, with as many `std` values, for normalization = 'mean_std'")

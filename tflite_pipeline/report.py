@@ -34,6 +34,16 @@ class StageRecord:
 
 
 @dataclass(frozen=True)
+class StepFailure:
+    """An optional step that failed after verification: the run folder was published without its output."""
+
+    step: str
+    error: str          # the exception's class
+    message: str
+    exit_code: int      # its error family's exit code (12 for an unexpected error)
+
+
+@dataclass(frozen=True)
 class ModelArtifact:
     """One exported `.tflite` and what its flatbuffer says."""
 
@@ -82,6 +92,8 @@ class RunReport:
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
     reused_stages: tuple[str, ...] = ()                     # training stages loaded from the stage cache
+    failed_steps: tuple[StepFailure, ...] = ()              # optional steps that failed (the models are verified)
+    figures_written: tuple[str, ...] | None = None          # plot files in the run folder (None: all it has)
 
     @property
     def passed(self) -> bool:
@@ -96,7 +108,43 @@ class RunReport:
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
             "channels": self.channels, "reused_stages": list(self.reused_stages),
+            "failed_steps": [asdict(f) for f in self.failed_steps], "next_steps": self.next_steps(),
         }
+
+    @property
+    def exit_code(self) -> int:
+        """What the CLI returns: 9 when the gate failed, else the first failed optional step's code, else 0."""
+        if not self.passed:
+            return 9
+        return self.failed_steps[0].exit_code if self.failed_steps else 0
+
+    def next_steps(self) -> list[str]:
+        """What to try when an int8 model missed the gate: recipes that fix it and the float fallback."""
+        failed = [row for row in self.parity.rows if not row.passed]
+        if not failed:
+            return []
+        source = self.recipe.get("model", {}).get("source", "mobilenet_v2")
+        user = source != "mobilenet_v2"
+        on_model = f" --set model.source={source} --set train.epochs=0" if user else ""
+        steps = []
+        if self.parity.keras_top1 < 1.5 / max(2, self.model.get("classes", 2)):
+            steps.append(f"The float model itself scores {self.parity.keras_top1:.1%}: check the preprocessing "
+                         f"(`{self.preprocessing.get('formula')}`, {self.preprocessing.get('source') or 'recipe'}): "
+                         "pass --normalization for the range the model was trained on.")
+        if any(row.variant in ("int8", "int8_fallback") for row in failed):
+            steps.append(f"Quantization-aware training keeps accuracy that post-training int8 loses: "
+                         f"`tflite-pipeline run --recipe qat{on_model}` (or `prune-pqat-kd` / `channels-qat-kd` to "
+                         "compress further, with the float model distilling).")
+            fallback = self.recipe.get("diagnose", {}).get("fallback", True)
+            steps.append("The per-layer diagnosis shows which layers lose most; the accuracy-budgeted float fallback "
+                         "keeps a few of them in float (`int8_fallback`, not for int8-only accelerators)" +
+                         ("." if fallback else ": enable it with --set diagnose.fallback=true."))
+            steps.append("Fewer calibration images can mean tighter activation ranges (the converter takes their "
+                         "min/max): try --calibration-samples 100.")
+        if any(row.variant not in ("int8", "int8_fallback") for row in failed):
+            steps.append("A fine-tuned stage missed the gate: give it more epochs or enable [distill] with the float "
+                         "model as teacher.")
+        return steps
 
     def artifact(self, variant: str) -> ModelArtifact | None:
         return next((a for a in self.artifacts if a.variant == variant), None)
@@ -140,7 +188,7 @@ class RunReport:
 
     @property
     def figures_available(self) -> bool:
-        return bool(self.artifacts)
+        return bool(self.artifacts) and self.figures_written != ()
 
     def figure_titles(self) -> dict[str, str]:
         """File name -> title of every plot this report has."""
@@ -202,6 +250,18 @@ class RunReport:
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"# Run `{self.run_name}`: parity gate {status}", ""]
         lines += [f"> warning: {w}" for w in self.warnings] + ([""] if self.warnings else [])
+        if self.failed_steps:
+            lines += ["## Optional steps that failed", "", "The models above were converted and verified; these "
+                      "steps after them failed and their outputs are missing:", ""]
+            lines += [f"- {f.step}: {f.error}: {f.message} (exit code {f.exit_code})" for f in self.failed_steps]
+            lines.append("")
+        rebuild = self.model.get("rebuild")
+        if rebuild:
+            lines += [f"The tfmot stages ran on a flat tf_keras rebuild of {rebuild['source']}"
+                      + (f" (nested {', '.join(rebuild['nested'])} inlined)" if rebuild["nested"] else "")
+                      + (f"; {rebuild['preprocessing']}" if rebuild["preprocessing"] else "")
+                      + f". Largest output difference from the original on {rebuild['images']} calibration images: "
+                      f"{rebuild['max_abs_diff']:.2g} (float32).", ""]
         if self.reused_stages:
             lines += [f"Stages finished by an earlier run with the same inputs, loaded from the stage cache: "
                       f"{', '.join(self.reused_stages)}.", ""]
@@ -237,6 +297,8 @@ class RunReport:
                       f"{self.machine.get('usable_cpus', '?')} usable cores). "
                       "Int8 is not faster than float on every CPU: read these as this machine's numbers only "
                       "(see `tflite-pipeline bench`)."]
+        if self.next_steps():
+            lines += ["", "## Next steps (the gate failed)", ""] + [f"- {step}" for step in self.next_steps()]
         lines += ["", "## Per class (top-1)", "", self.parity.format_per_class()]
         for diagnosis in self.diagnoses:
             lines += ["", f"## Quantization diagnosis: `{diagnosis.variant}`", "", diagnosis.format_table(),
