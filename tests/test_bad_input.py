@@ -118,13 +118,15 @@ def _tabular(keras):
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(inputs))
 
 
-def _keras3_file(ws: Workspace) -> list[str]:
+def _keras3_without_twin(ws: Workspace) -> list[str]:
+    """A Keras 3 model with a layer tf_keras does not have (RMSNormalization), through a tfmot stage."""
     import keras as keras3
 
     path = ws.root / "k3.keras"
-    keras3.Sequential([keras3.Input((32, 32, 3)), keras3.layers.Flatten(),
-                       keras3.layers.Dense(10, activation="softmax")]).save(path)
-    return ws.convert(model=path)
+    keras3.Sequential([keras3.Input((32, 32, 3)), keras3.layers.Conv2D(8, 3), keras3.layers.RMSNormalization(
+        name="rms"), keras3.layers.GlobalAveragePooling2D(), keras3.layers.Dense(10, activation="softmax")]).save(path)
+    ws.model = path
+    return ws.run("qat.enabled=true", "train.epochs=0")
 
 
 def _lambda(keras):
@@ -243,11 +245,11 @@ CASES = {
                                     _three_classes),
     "input-not-an-image": Case("model whose input is not an image", tp.ModelError,
                                r"takes input of shape \(None, 20\); expected an image batch", _with_model(_tabular)),
-    "keras3-model": Case("a Keras 3 model file", tp.ModelError, r"saved by Keras 3.*tf_keras", _keras3_file),
+    "keras3-layer-without-twin": Case("a Keras 3 model with a layer tf_keras lacks, QAT on", tp.ModelError,
+                                      r"'rms' \(keras.*RMSNormalization\).*no tf_keras twin.*post-training",
+                                      _keras3_without_twin),
     "lambda-layer": Case("a model with a Lambda layer (safe mode)", tp.ModelError,
                          r"Lambda layers \['doubler'\].*--unsafe-load", _with_model(_lambda)),
-    "nested-model": Case("a nested model, QAT on", tp.ModelError, r"nested models \['backbone'\].*functionally",
-                         _with_model(_nested, "run", "qat.enabled=true")),
     "layer-tfmot-cannot-quantize": Case("QAT on a LayerNormalization", tp.ModelError,
                                         r"tfmot cannot quantize .*norm", _with_model(_layer_norm, "run",
                                                                                      "qat.enabled=true")),
@@ -328,7 +330,7 @@ def test_bad_input_gets_its_typed_error_and_exit_code_and_writes_nothing(name, w
 
 def test_exit_codes_are_distinct_per_error_family():
     families = [tp.DependencyError, tp.RecipeError, tp.DataError, tp.ModelError, tp.ConversionError,
-                tp.TFLiteFileError, tp.ParityError, tp.OutputError, tp.CompatibilityError]
+                tp.TFLiteFileError, tp.ParityError, tp.OutputError, tp.CompatibilityError, tp.OptionalStepError]
     codes = [family.exit_code for family in families]
     assert len(set(codes)) == len(codes) and 0 not in codes and 2 not in codes  # 2 is argparse's usage error
 
@@ -344,6 +346,16 @@ def test_skipped_bad_images_are_counted_and_named_in_the_report(workspace, capsy
         sorted(["notes.txt", "fake.png", workspace.first_image(1).name])
     assert "> warning: skipped 3 files that are not decodable images" in \
         (workspace.out / "run" / "report.md").read_text()
+
+
+def test_a_nested_model_with_qat_is_flattened_not_rejected(workspace, capsys):
+    """Nested models were refused for QAT (exit 6, "Rebuild it functionally"); they are rebuilt flat now."""
+    workspace.model = workspace.keras_model("nested.keras", _nested)
+    argv = workspace.run("qat.enabled=true", "qat.epochs=1", "train.epochs=0", "convert.variants=[]",
+                         "convert.calibration_samples=10", "verify.max_top1_drop=100", "verify.min_agreement=0")
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    report = __import__("json").loads((workspace.out / "run" / "report.json").read_text())
+    assert report["model"]["rebuild"]["nested"] == ["backbone"] and report["model"]["rebuild"]["max_abs_diff"] < 1e-5
 
 
 def test_images_of_odd_modes_are_converted_not_rejected(workspace, capsys):

@@ -226,3 +226,17 @@ def test_a_failing_optional_step_still_publishes_the_verified_run(step, error, e
     manifest = json.loads((run_dir / "manifest.json").read_text())["outputs"]
     assert sorted(manifest) == sorted(p.name for p in run_dir.iterdir() if p.name != "manifest.json")
     assert main(["verify", str(run_dir), *GATE_OPEN]) == 0
+
+
+def test_when_ptq_misses_the_gate_on_a_user_model_the_report_says_what_to_do_next(tiny_run):
+    from dataclasses import replace
+
+    report = tiny_run.report
+    assert report.next_steps() == [] if report.passed else True
+    missed = replace(report.parity.row("int8"), failures=("top-1 drop 3.0 pts > 0.5",))
+    recipe = {**report.recipe, "model": {**report.recipe["model"], "source": "/data/my model.keras"}}
+    failed = replace(report, recipe=recipe, parity=replace(report.parity, rows=(missed,)))
+    steps = " ".join(failed.next_steps())
+    assert "--recipe qat --set 'model.source=/data/my model.keras' --set train.epochs=0" in steps
+    assert "fallback" in steps and "--calibration-samples" in steps
+    assert "## Next steps (the gate failed)" in failed.to_markdown() and failed.exit_code == 9

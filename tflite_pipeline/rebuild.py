@@ -188,6 +188,7 @@ class _Rebuilder:
         self.dropped: dict[str, list[str]] = {}
         self.affine: dict[int, tuple[object, float, float, list[str]]] = {}  # id(new tensor) -> (source, s, o, ops)
         self.preprocessing: list[str] = []
+        self.twins: dict[int, tf_keras.layers.Layer] = {}   # id(layer) -> its twin: a shared layer stays shared
         self.keep: list[object] = []   # new tensors stay referenced, so their ids are never reused
 
     def unique(self, name: str) -> str:
@@ -232,8 +233,11 @@ class _Rebuilder:
             raise ModelError(f"Operation {layer.name!r} ({type(layer).__name__}) of the Keras 3 model has no tf_keras "
                              "twin; express it as a Keras layer, or skip the tfmot stages (post-training conversion "
                              "takes the model as it is).")
-        twin = self.twin(layer)
+        shared = id(layer) in self.twins
+        twin = self.twins[id(layer)] if shared else self.twins.setdefault(id(layer), self.twin(layer))
         output = twin(*args, **kwargs)
+        if shared:
+            return output
         weights = layer.get_weights()
         try:
             twin.set_weights(weights)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -125,7 +126,7 @@ class RunReport:
             return []
         source = self.recipe.get("model", {}).get("source", "mobilenet_v2")
         user = source != "mobilenet_v2"
-        on_model = f" --set model.source={source} --set train.epochs=0" if user else ""
+        on_model = f" --set {shlex.quote(f'model.source={source}')} --set train.epochs=0" if user else ""
         steps = []
         if self.parity.keras_top1 < 1.5 / max(2, self.model.get("classes", 2)):
             steps.append(f"The float model itself scores {self.parity.keras_top1:.1%}: check the preprocessing "

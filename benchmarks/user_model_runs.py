@@ -1,0 +1,136 @@
+"""Users' models through the CLI as a new user would: convert, three tfmot recipes, then verify each run folder.
+
+    .venv/bin/python benchmarks/user_models.py                 # trains the two guide-shaped models first
+    .venv/bin/python benchmarks/user_model_runs.py             # -> docs/figures/user-models.md (+ .json)
+
+For each model of `benchmarks/user_models.py` (tf_keras `.h5` with preprocess_input and a nested base; Keras 3
+`.keras` with a Rescaling layer): `tflite-pipeline convert MODEL --data representative_data` (only `--data`: the
+normalization is detected), then `run --recipe R --set model.source=MODEL --set train.epochs=0` for each recipe,
+then `verify RUN_DIR` on every run folder. The bundled data's validation split (2,000 images of the Fashion-MNIST
+test set) is held out from the models' training; calibration (500 images) is separate from it. Every figure in
+the output is read from the run folders' report.json files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
+MODELS = ("guide_tf_keras.h5", "guide_keras3.keras")
+RECIPES = ("prune-pqat-kd", "qat", "channels-qat-kd")
+
+
+def cli(*args: str) -> tuple[int, float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([CLI, *args], capture_output=True, text=True)
+    return done.returncode, time.perf_counter() - started, done.stderr[-3000:]
+
+
+def summarize(run_dir: Path) -> dict:
+    report = json.loads((run_dir / "report.json").read_text())
+    int8 = [row for row in report["parity"]["rows"] if row["variant"].endswith("int8")][-1]
+    artifact = next(a for a in report["artifacts"] if a["variant"] == int8["variant"])
+    rebuild = report["model"].get("rebuild")
+    return {"float_top1": report["parity"]["keras_top1"], "int8_variant": int8["variant"], "int8_top1": int8["top1"],
+            "top1_drop_pts": int8["top1_drop"], "agreement": int8["agreement"],
+            "source_agreement": int8.get("source_agreement"), "passed": report["passed"],
+            "input": artifact["info"]["inputs"][0], "int8_kib": artifact["size_bytes"] / 1024,
+            "int8_gzip_kib": artifact["gzip_bytes"] / 1024,
+            "normalization": report["preprocessing"]["normalization"],
+            "normalization_source": report["preprocessing"].get("source"),
+            "rebuild_max_abs_diff": rebuild["max_abs_diff"] if rebuild else None,
+            "rebuild_images": rebuild["images"] if rebuild else None,
+            "failed_steps": report.get("failed_steps", []), "stages": [s["name"] for s in report["stages"]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="benchmarks/results/user_models", help="folder with the trained models")
+    parser.add_argument("--out", default="benchmarks/results/user_model_runs", help="run folders")
+    parser.add_argument("--figures", default="docs/figures/user-models.md")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS))
+    args = parser.parse_args()
+
+    from tflite_pipeline.bench import cpu_description
+    from tflite_pipeline.env import run_versions
+
+    data = str(REPO / "representative_data")
+    store = Path(args.out) / "results.json"   # results accumulate over invocations (e.g. one model at a time)
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    for file in args.only:
+        model = Path(args.models) / file
+        stem = model.name.split(".")[0]
+        jobs = [("convert", ["convert", str(model), "--data", data, "--output-dir", args.out, "--run-name",
+                             f"{stem}-convert", "--overwrite"])]
+        jobs += [(recipe, ["run", "--recipe", recipe, "--set", f"model.source={model}", "--set", "train.epochs=0",
+                           "--data", data, "--output-dir", args.out, "--run-name", f"{stem}-{recipe}", "--overwrite"])
+                 for recipe in args.recipes]
+        for job, command in jobs:
+            print(f"[{stem}] {job} ...", flush=True)
+            code, seconds, stderr = cli(*command)
+            run_dir = Path(args.out) / command[command.index("--run-name") + 1]
+            row = {"model": file, "job": job, "exit_code": code, "seconds": round(seconds, 1)}
+            if (run_dir / "report.json").is_file():
+                row.update(summarize(run_dir))
+                verify_code, _, verify_err = cli("verify", str(run_dir))
+                row["verify_exit_code"] = verify_code
+            else:
+                row["stderr"] = stderr
+            done[f"{file} {job}"] = row
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(done, indent=2) + "\n")
+            print(f"  exit {code} in {seconds:.0f} s; " + (f"float {row['float_top1']:.2%} int8 {row['int8_top1']:.2%} "
+                  f"agreement {row['agreement']:.2%}; verify exit {row['verify_exit_code']}" if "int8_top1" in row
+                  else stderr[-500:]), flush=True)
+
+    results = [done[key] for key in sorted(done, key=lambda k: (MODELS.index(done[k]["model"]),
+                                                                ("convert", *RECIPES).index(done[k]["job"])))]
+    cpu = cpu_description()
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": run_versions(), "machine": cpu, "command": " ".join(sys.argv)}
+    models_summary = Path(args.models) / "summary.json"
+    trained = json.loads(models_summary.read_text()) if models_summary.is_file() else {}
+    lines = ["# Users' models through the CLI (issue 17)", "",
+             f"Measured {meta['date']} on {cpu.get('model')} ({cpu.get('summary')}); "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
+             "Written by `.venv/bin/python benchmarks/user_model_runs.py` after `benchmarks/user_models.py` "
+             "trained the models on the 60,000 Fashion-MNIST training images (32x32 RGB, from scratch):", ""]
+    for file, info in trained.items():
+        lines.append(f"- `{file}`: {info['parameters']:,} parameters, {info['epochs']} epochs, "
+                     f"test top-1 {info['test_top1']:.2%} (10,000 test images)")
+    lines += ["", "Validation: the bundled 2,000 images (Fashion-MNIST test set); calibration: the bundled 500 "
+              "(training set, disjoint). Only `--data` given; recipes with `model.source` and `train.epochs=0`.", "",
+              "| model | command | exit | float top-1 | int8 variant | int8 top-1 | drop (pts) | agreement | "
+              "input scale / zp | rebuild max abs diff | int8 KiB (gzip) | verify exit | time |",
+              "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|---:|---:|"]
+    for r in results:
+        if "int8_top1" not in r:
+            lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} | | | | | | | | | | {r['seconds']:.0f} s |")
+            continue
+        diff = "" if r["rebuild_max_abs_diff"] is None else f"{r['rebuild_max_abs_diff']:.2g}"
+        lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} | {r['float_top1']:.2%} | "
+                     f"{r['int8_variant']} | {r['int8_top1']:.2%} | {r['top1_drop_pts']:+.2f} | {r['agreement']:.2%} | "
+                     f"{r['input']['scale']:g} / {r['input']['zero_point']} | {diff} | "
+                     f"{r['int8_kib']:.0f} ({r['int8_gzip_kib']:.0f}) | {r['verify_exit_code']} | {r['seconds']:.0f} s |")
+    lines += ["", "Drop: float top-1 minus int8 top-1 (the gate allows 0.5 pts for `convert`, 1.0 for the "
+              "`*-kd` recipes); agreement: same top-1 as the float model. Rebuild max abs diff: the largest output "
+              "difference between the user's model and the flat tf_keras rebuild the stages trained from, on the "
+              "calibration images.", ""]
+    figures = Path(args.figures)
+    figures.parent.mkdir(parents=True, exist_ok=True)
+    figures.write_text("\n".join(lines))
+    figures.with_suffix(".json").write_text(json.dumps({**meta, "trained": trained, "results": results}, indent=2)
+                                            + "\n")
+    print(f"wrote {figures}")
+
+
+if __name__ == "__main__":
+    main()
