@@ -29,7 +29,7 @@ RECIPES = ("prune-pqat-kd", "qat", "channels-qat-kd")
 
 def cli(*args: str) -> tuple[int, float, str]:
     started = time.perf_counter()
-    done = subprocess.run([CLI, *args], capture_output=True, text=True)
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, check=False)
     return done.returncode, time.perf_counter() - started, done.stderr[-3000:]
 
 
@@ -47,6 +47,7 @@ def summarize(run_dir: Path) -> dict:
             "normalization_source": report["preprocessing"].get("source"),
             "rebuild_max_abs_diff": rebuild["max_abs_diff"] if rebuild else None,
             "rebuild_images": rebuild["images"] if rebuild else None,
+            "rebuild_max_abs_output": rebuild.get("max_abs_output") if rebuild else None,
             "failed_steps": report.get("failed_steps", []), "stages": [s["name"] for s in report["stages"]]}
 
 
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--figures", default="docs/figures/user-models.md")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--merge", nargs="*", default=[], metavar="RESULTS_JSON",
+                        help="add the results of other invocations (their OUT/results.json) before writing")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write the figures from OUT")
     args = parser.parse_args()
 
     from tflite_pipeline.bench import cpu_description
@@ -65,7 +69,9 @@ def main() -> None:
     data = str(REPO / "representative_data")
     store = Path(args.out) / "results.json"   # results accumulate over invocations (e.g. one model at a time)
     done = json.loads(store.read_text()) if store.is_file() else {}
-    for file in args.only:
+    for other in args.merge:
+        done.update(json.loads(Path(other).read_text()))
+    for file in [] if args.report_only else args.only:
         model = Path(args.models) / file
         stem = model.name.split(".")[0]
         jobs = [("convert", ["convert", str(model), "--data", data, "--output-dir", args.out, "--run-name",
@@ -80,7 +86,7 @@ def main() -> None:
             row = {"model": file, "job": job, "exit_code": code, "seconds": round(seconds, 1)}
             if (run_dir / "report.json").is_file():
                 row.update(summarize(run_dir))
-                verify_code, _, verify_err = cli("verify", str(run_dir))
+                verify_code, _, _ = cli("verify", str(run_dir))
                 row["verify_exit_code"] = verify_code
             else:
                 row["stderr"] = stderr
@@ -116,6 +122,8 @@ def main() -> None:
             lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} | | | | | | | | | | {r['seconds']:.0f} s |")
             continue
         diff = "" if r["rebuild_max_abs_diff"] is None else f"{r['rebuild_max_abs_diff']:.2g}"
+        if r.get("rebuild_max_abs_output"):
+            diff += f" (outputs to {r['rebuild_max_abs_output']:.3g})"
         lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} | {r['float_top1']:.2%} | "
                      f"{r['int8_variant']} | {r['int8_top1']:.2%} | {r['top1_drop_pts']:+.2f} | {r['agreement']:.2%} | "
                      f"{r['input']['scale']:g} / {r['input']['zero_point']} | {diff} | "

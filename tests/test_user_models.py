@@ -104,7 +104,7 @@ def test_a_keras3_layer_without_a_tf_keras_twin_is_a_model_error_naming_it():
 def test_a_rebuild_whose_outputs_differ_is_refused(monkeypatch):
     from tflite_pipeline import rebuild
 
-    monkeypatch.setattr(rebuild, "max_output_difference", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(rebuild, "max_output_difference", lambda *args, **kwargs: (0.5, 1.0))
     with pytest.raises(tp.ModelError, match=r"differs from it by up to 0.5"):
         flat_tf_keras(build_keras3_guide_model(10, SIZE))
 
@@ -240,3 +240,53 @@ def test_when_ptq_misses_the_gate_on_a_user_model_the_report_says_what_to_do_nex
     assert "--recipe qat --set 'model.source=/data/my model.keras' --set train.epochs=0" in steps
     assert "fallback" in steps and "--calibration-samples" in steps
     assert "## Next steps (the gate failed)" in failed.to_markdown() and failed.exit_code == 9
+
+
+def _small_nested(flavour: str):
+    """A small classifier of the guide's shape (fast to convert): raw pixels, preprocessing inside, a nested
+    convolutional base, logits."""
+    if flavour == "keras3":
+        import keras
+    else:
+        import tf_keras as keras
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, strides=2),
+                             keras.layers.BatchNormalization(), keras.layers.ReLU(6.0),
+                             keras.layers.DepthwiseConv2D(3), keras.layers.ReLU(6.0)], name="base")
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs) if flavour == "keras3" else inputs / 127.5 - 1
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(base(x)))
+    return keras.Model(inputs, outputs, name="small_guide")
+
+
+@pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
+def test_diagnosis_and_the_float_fallback_take_nested_and_keras3_models(flavour, tiny_data):
+    from tflite_pipeline.convert import representative_dataset
+    from tflite_pipeline.data import ImageFolder
+    from tflite_pipeline.diagnose import QuantizationDebug
+
+    model = _small_nested(flavour)
+    spec = PreprocessSpec(SIZE, SIZE, 3, normalization="raw")
+    samples = representative_dataset(ImageFolder.scan(tiny_data / "calibration"), spec, 20)
+    debug = QuantizationDebug(model, samples, debug_samples=samples)
+    diagnosis = debug.diagnose()
+    assert len(diagnosis.layers) >= 4 and np.isfinite(diagnosis.output_error)
+    fallback = tp.inspect_tflite(debug.quantize([diagnosis.worst(1)[0].tensor]))
+    assert fallback.float_ops and not fallback.is_full_integer   # the worst layer kept in float
+    assert tp.model_macs(model) == tp.model_macs(flat_tf_keras(model)[0]) > 0
+
+
+def test_when_a_compressed_stage_misses_the_gate_the_report_names_the_stage_that_lost_it(tiny_run):
+    from dataclasses import replace
+
+    from tflite_pipeline.report import StageRecord
+
+    report = tiny_run.report
+    missed = replace(report.parity.row("int8"), variant="pqat_int8", source="pqat Keras",
+                     failures=("top-1 drop 1.35 pts > 1",))
+    stages = (StageRecord("baseline", 0.86, 1000), StageRecord("pruned", 0.8375, 1000),
+              StageRecord("pqat", 0.8475, 1000))
+    failed = replace(report, stages=stages, parity=replace(report.parity, rows=(missed,), max_top1_drop=1.0))
+    steps = " ".join(failed.next_steps())
+    assert "lost accuracy in Keras already (baseline 86.00%; pruned 83.75%, pqat 84.75%)" in steps
+    assert "give `pruned` more epochs" in steps and "prune.target_sparsity" in steps

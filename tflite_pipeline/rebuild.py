@@ -160,6 +160,7 @@ class Rebuild:
     preprocessing: str | None            # the Rescaling that replaced op layers, if any
     layers: int                          # layers of the flat model
     max_abs_diff: float                  # over `images` outputs, float32
+    max_abs_output: float                # the largest |output| of the original on those images (the scale)
     tolerance: float
     images: int
     dropped: dict[str, list[str]] = field(default_factory=dict)   # layer -> Keras 3 settings with no tf_keras twin
@@ -167,7 +168,8 @@ class Rebuild:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "nested": list(self.nested), "preprocessing": self.preprocessing,
-                "layers": self.layers, "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+                "layers": self.layers, "max_abs_diff": self.max_abs_diff, "max_abs_output": self.max_abs_output,
+                "tolerance": self.tolerance,
                 "images": self.images, "dropped": dict(self.dropped), "renamed": dict(self.renamed)}
 
     def describe(self) -> str:
@@ -176,7 +178,8 @@ class Rebuild:
             parts.append(f"inlined {', '.join(self.nested)}")
         if self.preprocessing:
             parts.append(self.preprocessing)
-        return "; ".join(parts) + f"; max |output difference| {self.max_abs_diff:.2g} on {self.images} images"
+        return "; ".join(parts) + (f"; max |output difference| {self.max_abs_diff:.2g} on {self.images} images "
+                                   f"(outputs up to {self.max_abs_output:.3g})")
 
 
 class _Rebuilder:
@@ -340,15 +343,18 @@ def _init_parameters(cls: type) -> set[str]:
     return names - {"self"}
 
 
-def max_output_difference(first: object, second: object, images: np.ndarray, batch_size: int = 64) -> float:
-    """Largest absolute difference between two models' float32 outputs on `images`."""
-    worst = 0.0
+def max_output_difference(first: object, second: object, images: np.ndarray, batch_size: int = 64
+                          ) -> tuple[float, float]:
+    """Largest absolute difference between two models' float32 outputs on `images`, and the largest |output| of
+    `first` (the scale the difference is judged against)."""
+    worst, largest = 0.0, 0.0
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         a = np.asarray(first(batch, training=False), dtype=np.float32)
         b = np.asarray(second(batch, training=False), dtype=np.float32)
         worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
-    return worst
+        largest = max(largest, float(np.max(np.abs(a))))
+    return worst, largest
 
 
 def probe_images(model: object, count: int = 8, seed: int = 0) -> np.ndarray:
@@ -378,8 +384,8 @@ def flat_tf_keras(model: object, images: np.ndarray | None = None, *, tolerance:
     outputs = rebuilder.inline(model, [inputs])
     flat = tf_keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
     images = probe_images(model) if images is None else np.asarray(images, dtype=np.float32)
-    difference = max_output_difference(model, flat, images)
-    scale = max(1.0, float(np.max(np.abs(np.asarray(model(images[:64], training=False))))))
+    difference, largest = max_output_difference(model, flat, images)
+    scale = max(1.0, largest)
     source = (f"Keras {_keras3_version()} " if is_keras3(model) else "tf_keras ") + \
         f"{type(model).__name__} {model.name!r}"
     if not difference <= tolerance * scale:
@@ -389,7 +395,8 @@ def flat_tf_keras(model: object, images: np.ndarray | None = None, *, tolerance:
                          "(no tfmot stages) takes it as it is.")
     return flat, Rebuild(source=source, nested=tuple(nested_models(model)),
                          preprocessing=rebuilder.preprocessing[0] if rebuilder.preprocessing else None,
-                         layers=len(flat.layers), max_abs_diff=difference, tolerance=tolerance, images=len(images),
+                         layers=len(flat.layers), max_abs_diff=difference, max_abs_output=largest,
+                         tolerance=tolerance, images=len(images),
                          dropped=rebuilder.dropped, renamed=rebuilder.renamed)
 
 

@@ -142,9 +142,21 @@ class RunReport:
                          ("." if fallback else ": enable it with --set diagnose.fallback=true."))
             steps.append("Fewer calibration images can mean tighter activation ranges (the converter takes their "
                          "min/max): try --calibration-samples 100.")
-        if any(row.variant not in ("int8", "int8_fallback") for row in failed):
-            steps.append("A fine-tuned stage missed the gate: give it more epochs or enable [distill] with the float "
-                         "model as teacher.")
+        staged = [row for row in failed if row.variant not in ("int8", "int8_fallback")]
+        if staged:
+            base = self.stages[0].keras_top1 if self.stages else self.parity.keras_top1
+            losses = ", ".join(f"{s.name} {s.keras_top1:.2%}" for s in self.stages[1:])
+            budget = self.parity.max_top1_drop
+            lost_in_keras = [s.name for s in self.stages[1:] if (base - s.keras_top1) * 100 > budget]
+            if lost_in_keras:
+                steps.append(f"The fine-tuned stages lost accuracy in Keras already (baseline {base:.2%}; {losses}): "
+                             f"give `{lost_in_keras[0]}` more epochs, or compress less (a lower "
+                             "`prune.target_sparsity`, more `cluster.clusters`, a larger `channels.mac_budget`)" +
+                             ("." if self.recipe.get("distill", {}).get("enabled") else
+                              ", and enable [distill] with the float model as teacher."))
+            else:
+                steps.append(f"The stages kept their accuracy in Keras ({losses}) but their int8 model lost it: give "
+                             "the QAT stage more epochs, or enable [qat] after the compression stage.")
         return steps
 
     def artifact(self, variant: str) -> ModelArtifact | None:
@@ -262,7 +274,7 @@ class RunReport:
                       + (f" (nested {', '.join(rebuild['nested'])} inlined)" if rebuild["nested"] else "")
                       + (f"; {rebuild['preprocessing']}" if rebuild["preprocessing"] else "")
                       + f". Largest output difference from the original on {rebuild['images']} calibration images: "
-                      f"{rebuild['max_abs_diff']:.2g} (float32).", ""]
+                      f"{rebuild['max_abs_diff']:.2g} (float32; outputs up to {rebuild['max_abs_output']:.3g}).", ""]
         if self.reused_stages:
             lines += [f"Stages finished by an earlier run with the same inputs, loaded from the stage cache: "
                       f"{', '.join(self.reused_stages)}.", ""]
