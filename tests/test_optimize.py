@@ -191,8 +191,11 @@ def test_qat_on_a_layer_tfmot_cannot_quantize_is_a_model_error():
         quantize_aware(model)
 
 
-def test_nested_model_is_rejected_with_instructions():
-    base = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)], name="backbone")
+def test_a_nested_model_is_quantized_through_its_flat_rebuild():
+    """tfmot refuses nested models ("Quantizing a keras Model inside another keras Model is not supported");
+    quantize_aware takes them through `rebuild.flat_model`, inner layers keeping their names."""
+    base = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="inner_conv")], name="backbone")
     model = keras.Sequential([base, keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
-    with pytest.raises(tp.ModelError, match=r"nested models \['backbone'\].*Rebuild it functionally"):
-        quantize_aware(model)
+    qat = quantize_aware(model)
+    assert "quant_inner_conv" in [layer.name for layer in qat.layers]
+    assert not [layer.name for layer in qat.layers if isinstance(layer, keras.Model)]

@@ -155,3 +155,12 @@ def test_the_ptq_path_is_reproducible_byte_for_byte(tiny_recipe, tmp_path):
     hashes = [json.loads((r.run_dir / "manifest.json").read_text())["outputs"] for r in (first, second)]
     assert {k: v for k, v in hashes[0].items() if k.endswith(".tflite")} == \
         {k: v for k, v in hashes[1].items() if k.endswith(".tflite")}
+
+
+def test_cli_verify_of_a_run_folder_uses_the_gate_the_run_was_checked_with(tiny_run, capsys):
+    """A `*-kd` recipe gates at 1 point: `verify RUN_DIR` afterwards must not judge it by the 0.5 default."""
+    recorded = tiny_run.report.recipe["verify"]
+    assert main(["verify", str(tiny_run.run_dir)]) == 0
+    assert f"<= {recorded['max_top1_drop']:g} pts" in capsys.readouterr().out
+    main(["verify", str(tiny_run.run_dir), "--max-top1-drop", "0.25"])  # a flag still wins
+    assert "<= 0.25 pts" in capsys.readouterr().out

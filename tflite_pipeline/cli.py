@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("verify", help="check .tflite files against a Keras model in LiteRT (CI gate)")
     p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_TFLITE",
-                   help="a run folder (uses its models, labels and preprocessing) or .tflite files")
+                   help="a run folder (uses its models, labels, preprocessing and the gate it ran with) or .tflite "
+                        "files")
     p.add_argument("--keras", help="the float Keras model (taken from the run folder when omitted)")
     p.add_argument("--data", help="image folder (DIR/<class>/* or DIR/validation/<class>/*); default: the "
                                   "validation folder recorded in the run folder's report")
@@ -216,12 +217,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .data import PreprocessSpec
-    from .pipeline import open_run_folder, recorded_validation_dir, stage_sources, verify_files
+    from .pipeline import open_run_folder, recorded_gate, recorded_validation_dir, stage_sources, verify_files
     from .runfolder import atomic_write_json
 
     tflites: dict[str, Path] = {}
     sources: dict = {}
-    keras, labels, spec, data = args.keras, args.labels, None, args.data
+    keras, labels, spec, data, gate = args.keras, args.labels, None, args.data, {}
     for raw in args.paths:
         path = Path(raw)
         if path.is_dir():
@@ -230,6 +231,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             labels = labels or (files["labels"] if files["labels"].is_file() else None)
             spec = spec or PreprocessSpec.read_json(files["preprocessing"])
             data = data or recorded_validation_dir(files["report"])
+            gate = gate or recorded_gate(files["report"])   # the run's own gate, unless flags say otherwise
             tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
             sources.update(stage_sources(path, safe_mode=not args.unsafe_load))
         else:
@@ -240,7 +242,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print("tflite-pipeline verify: error: --keras and --data are required unless a run folder is given",
               file=sys.stderr)
         return 2
-    recipe = load_recipe("default").with_overrides({**_preprocess_overrides(args), **_gate_overrides(args)})
+    recipe = load_recipe("default").with_overrides({**gate, **_preprocess_overrides(args), **_gate_overrides(args)})
     if spec is not None and (args.normalization or args.mean or args.std):
         spec = None  # explicit flags win over the run folder's spec
     report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,

@@ -689,6 +689,16 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
     return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, log=log)
 
 
+def recorded_gate(report_path: Path) -> dict[str, object]:
+    """The gate a run was checked with (`verify.max_top1_drop`, `verify.min_agreement`, `verify.kernels` from its
+    report.json), as recipe overrides; empty when the report does not say."""
+    try:
+        verify = json.loads(report_path.read_text(encoding="utf-8"))["recipe"]["verify"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    return {f"verify.{key}": verify[key] for key in ("max_top1_drop", "min_agreement", "kernels") if key in verify}
+
+
 def recorded_validation_dir(report_path: Path) -> Path:
     """The validation folder a run used, from its report.json."""
     try:

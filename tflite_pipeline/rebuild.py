@@ -357,9 +357,31 @@ def max_output_difference(first: object, second: object, images: np.ndarray, bat
     return worst, largest
 
 
+def _input_spec(model: object) -> tuple[tuple[int, ...], str, str]:
+    """`(shape without batch, dtype, name)` of the model's one input; a `Sequential` built without an `Input`
+    takes its first layer's."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        if len(inputs) != 1:
+            raise ModelError(f"Model {model.name!r} has {len(inputs)} inputs; the rebuild takes one image input.")
+        history = getattr(inputs[0], "_keras_history", None)
+        layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+        return (tuple(inputs[0].shape[1:]), str(getattr(inputs[0].dtype, "name", inputs[0].dtype)),
+                getattr(layer, "name", None) or "input")
+    if _is_sequential(model) and model.layers:
+        first = model.layers[0]
+        if _is_model(first):
+            return _input_spec(first)
+        shape = getattr(first, "_batch_input_shape", None) or getattr(first, "batch_shape", None)
+        if shape:
+            return tuple(shape[1:]), "float32", "input"
+    raise ModelError(f"Model {getattr(model, 'name', model)!r} has no defined input; build it on an input "
+                     "(`keras.Input(shape)` first) so it can be rebuilt.")
+
+
 def probe_images(model: object, count: int = 8, seed: int = 0) -> np.ndarray:
     """Seeded random inputs for the proof when no images are given: half raw pixels [0, 255], half [-1, 1]."""
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    shape = tuple(int(d) for d in _input_spec(model)[0])
     rng = np.random.default_rng(seed)
     half = count // 2
     return np.concatenate([rng.uniform(0, 255, (half, *shape)), rng.uniform(-1, 1, (count - half, *shape))]
@@ -375,12 +397,11 @@ def flat_tf_keras(model: object, images: np.ndarray | None = None, *, tolerance:
     `tolerance * max(1, max |output|)`."""
     if not needs_rebuild(model):
         return model, None
-    if len(model.inputs) != 1:
-        raise ModelError(f"Model {model.name!r} has {len(model.inputs)} inputs; the rebuild takes one image input.")
     rebuilder = _Rebuilder()
-    spec = model.inputs[0]
-    inputs = tf_keras.Input(shape=tuple(spec.shape[1:]), dtype=str(getattr(spec.dtype, "name", spec.dtype)),
-                            name=rebuilder.unique(_input_name(model)))
+    shape, dtype, name = _input_spec(model)
+    if not getattr(model, "built", True):   # a Sequential never called: its layers have no weights to copy yet
+        model(np.zeros((1, *shape), np.float32), training=False)
+    inputs = tf_keras.Input(shape=shape, dtype=dtype, name=rebuilder.unique(name))
     outputs = rebuilder.inline(model, [inputs])
     flat = tf_keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
     images = probe_images(model) if images is None else np.asarray(images, dtype=np.float32)
@@ -403,12 +424,6 @@ def flat_tf_keras(model: object, images: np.ndarray | None = None, *, tolerance:
 def flat_model(model: object) -> tf_keras.Model:
     """`flat_tf_keras(model)`'s model, proven on `probe_images` (for API calls that bring no images)."""
     return flat_tf_keras(model)[0]
-
-
-def _input_name(model: object) -> str:
-    layer = getattr(model.inputs[0], "_keras_history", None)
-    name = getattr(getattr(layer, "operation", None) or getattr(layer, "layer", None), "name", None)
-    return name or "input"
 
 
 def _keras3_version() -> str:
