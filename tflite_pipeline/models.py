@@ -165,15 +165,13 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
         raise ModelError(f"Received {str(path)!r}; expected a .keras or .h5 file or a SavedModel folder.")
     if safe_mode and path.suffix != ".keras":  # Keras' own safe mode guards .keras files
         refuse_lambda_layers(path)
-    keras3 = _is_keras3_file(path)
+    kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
     try:
-        if keras3:
+        if _is_keras3_file(path):
             import keras as keras3_api
 
-            kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
             model = keras3_api.saving.load_model(path, compile=False, **kwargs)
         else:
-            kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
             model = keras.models.load_model(path, compile=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable files
         if safe_mode and ("Lambda" in str(error) or "safe_mode" in str(error)):

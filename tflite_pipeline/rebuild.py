@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from .errors import ModelError
+from .models import is_keras_model
 
 # tf_keras' base Layer takes these keyword arguments besides each class's own
 _LAYER_KWARGS = frozenset({"name", "trainable", "dtype", "dynamic", "input_dim", "input_shape", "batch_input_shape",
@@ -53,14 +54,6 @@ def is_keras3(value: object) -> bool:
     return keras3 is not None and isinstance(value, (keras3.Operation, keras3.KerasTensor))
 
 
-def _is_model(layer: object) -> bool:
-    if is_keras3(layer):
-        import keras
-
-        return isinstance(layer, keras.Model)
-    return isinstance(layer, tf_keras.Model)
-
-
 def _is_sequential(model: object) -> bool:
     return type(model).__name__ == "Sequential"
 
@@ -69,7 +62,7 @@ def nested_models(model: object) -> list[str]:
     """Names of the sub-models `model` calls (at any depth)."""
     found = []
     for layer in getattr(model, "layers", []):
-        if _is_model(layer):
+        if is_keras_model(layer):
             found += [layer.name, *nested_models(layer)]
     return found
 
@@ -108,7 +101,7 @@ def input_preprocessing(model: object) -> str | None:
                       if any(id(v) in input_ids for v in tf.nest.flatten((args, kwargs)) if _is_symbolic(v))), None)
     if first is None:
         return None
-    if _is_model(first):
+    if is_keras_model(first):
         return input_preprocessing(first)
     kind = type(first).__name__
     if kind in ("Rescaling", "Normalization"):
@@ -208,7 +201,7 @@ class _Rebuilder:
         if _is_sequential(model):
             x = inputs[0]
             for layer in model.layers:
-                x = self.inline(layer, [x])[0] if _is_model(layer) else self.call(layer, (x,), {})
+                x = self.inline(layer, [x])[0] if is_keras_model(layer) else self.call(layer, (x,), {})
             return [x]
         tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
 
@@ -219,7 +212,7 @@ class _Rebuilder:
 
         for op, args, kwargs, outputs in _nodes(model):
             args, kwargs = tf.nest.map_structure(mapped, (args, kwargs))
-            if _is_model(op):
+            if is_keras_model(op):
                 result = self.inline(op, tf.nest.flatten(args[0]))
             else:
                 result = self.call(op, args, kwargs)
@@ -370,7 +363,7 @@ def _input_spec(model: object) -> tuple[tuple[int, ...], str, str]:
                 getattr(layer, "name", None) or "input")
     if _is_sequential(model) and model.layers:
         first = model.layers[0]
-        if _is_model(first):
+        if is_keras_model(first):
             return _input_spec(first)
         shape = getattr(first, "_batch_input_shape", None) or getattr(first, "batch_shape", None)
         if shape:
