@@ -34,7 +34,7 @@ from PIL import Image
 from .data import ImageFolder, PreprocessSpec, read_labels
 from .errors import CompatibilityError, DataError, DependencyError
 from .inspect import TensorInfo, inspect_tflite, op_name, read_flatbuffer
-from .runfolder import atomic_write_bytes, atomic_write_json
+from .runfolder import atomic_write_bytes, atomic_write_json, remove_stale, temporary_dir
 from .verify import QUANTIZATION_FORMULA, dequantize, quantize
 
 CONFIG_FORMAT = "tflite_pipeline.model_config/1"
@@ -466,14 +466,26 @@ def _publish(app: Path, paths: Sequence[Path], labels: Sequence[str], config: di
             previous = {entry["file"] for entry in json.loads(old_config.read_text(encoding="utf-8"))["models"]}
         except (ValueError, KeyError, TypeError):
             previous = set()
-    written = tuple(atomic_write_bytes(assets / MODELS_DIR / path.name, path.read_bytes()) for path in paths)
-    atomic_write_bytes(assets / "labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))
     golden_dir = app / GOLDEN_DIR
-    golden_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".golden-", dir=golden_dir.parent))
-    for name, data in golden_files.items():
-        (staging / name).write_bytes(data)
-    atomic_write_json(staging / "golden.json", golden)
+    written: list[Path] = []
+    staging: Path | None = None
+    try:
+        for path in paths:
+            written.append(atomic_write_bytes(assets / MODELS_DIR / path.name, path.read_bytes()))
+        golden_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(golden_dir.parent, ".golden-")
+        staging = temporary_dir(golden_dir.parent, ".golden-")
+        for name, data in golden_files.items():
+            atomic_write_bytes(staging / name, data)
+        atomic_write_json(staging / "golden.json", golden)
+    except BaseException:  # stopped or failed before the swap: the app is left as it was
+        for file in written:
+            if file.name not in {Path(name).name for name in previous}:
+                file.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    atomic_write_bytes(assets / "labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))
     retired = golden_dir.with_name(f".golden-old-{os.getpid()}")
     if golden_dir.exists():
         golden_dir.rename(retired)
@@ -483,4 +495,4 @@ def _publish(app: Path, paths: Sequence[Path], labels: Sequence[str], config: di
     current = {entry["file"] for entry in config["models"]}
     for stale in previous - current:
         (assets / MODELS_DIR / Path(stale).name).unlink(missing_ok=True)  # only ever a file in models/
-    return written
+    return tuple(written)

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "validation folder recorded in the run folder's report")
     p.add_argument("--labels", help="labels.txt giving the class order")
     p.add_argument("--preprocessing", help="preprocessing.json written by a run")
+    p.add_argument("--reference", metavar="METRICS.json",
+                   help="reference metrics the float model and each .tflite must reproduce within their tolerance "
+                        '({"variants": {"keras": {"top1": 0.87, "tolerance": 0.005}, "int8": {...}}}); a run '
+                        "folder verified on its own validation data is held to the float top-1 it measured")
     p.add_argument("--json", dest="json_out", help="also write the parity report to this JSON file")
     _add_unsafe_option(p)
     _add_preprocess_options(p)
@@ -217,12 +221,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .data import PreprocessSpec
-    from .pipeline import open_run_folder, recorded_gate, recorded_validation_dir, stage_sources, verify_files
+    from .pipeline import (open_run_folder, recorded_gate, recorded_keras_top1, recorded_validation_dir,
+                           stage_sources, verify_files)
     from .runfolder import atomic_write_json
+    from .verify import read_reference_metrics
 
     tflites: dict[str, Path] = {}
     sources: dict = {}
-    keras, labels, spec, data, gate = args.keras, args.labels, None, args.data, {}
+    keras, labels, spec, data, gate, reports = args.keras, args.labels, None, args.data, {}, []
     for raw in args.paths:
         path = Path(raw)
         if path.is_dir():
@@ -232,6 +238,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             spec = spec or PreprocessSpec.read_json(files["preprocessing"])
             data = data or recorded_validation_dir(files["report"])
             gate = gate or recorded_gate(files["report"])   # the run's own gate, unless flags say otherwise
+            reports.append(files["report"])
             tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
             sources.update(stage_sources(path, safe_mode=not args.unsafe_load))
         else:
@@ -245,8 +252,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     recipe = load_recipe("default").with_overrides({**gate, **_preprocess_overrides(args), **_gate_overrides(args)})
     if spec is not None and (args.normalization or args.mean or args.std):
         spec = None  # explicit flags win over the run folder's spec
+    if args.reference:
+        expected = read_reference_metrics(args.reference)
+    elif reports and args.data is None:  # on the run's own images, the float model must score what it scored then
+        expected = recorded_keras_top1(reports[0], recipe.verify.max_top1_drop)
+    else:
+        expected = {}
     report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,
-                          config=recipe.verify, sources=sources, safe_mode=not args.unsafe_load)
+                          config=recipe.verify, sources=sources, safe_mode=not args.unsafe_load, expected=expected)
     print(report.format_table())
     if args.json_out:
         atomic_write_json(args.json_out, report.to_dict())

@@ -143,7 +143,76 @@ def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, "schema.ModelT"]
                               f"{error}); the file is probably truncated or damaged.") from None
     if not model.subgraphs:
         raise TFLiteFileError(f"{where!r} holds no subgraph; it is not a usable model.")
+    problem = structure_problem(model, len(data))
+    if problem:
+        raise TFLiteFileError(f"{where!r} is damaged: {problem}. Re-export or re-download the file.")
     return data, model
+
+
+# bytes per element of the tensor types whose constant data has a fixed size (packed and string types excluded)
+_ITEM_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+               "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
+               "complex128": 16}
+_MAX_ELEMENTS = 2**31 - 1
+
+
+def structure_problem(model: "schema.ModelT", file_size: int) -> str:
+    """What makes a parsed model inconsistent (an index out of range, a shape that does not match its data,
+    a quantization scale that is not a positive number), or "" when none is found. A flatbuffer with flipped
+    bytes often still parses; these are what then crash or mislead an interpreter, so they are refused first."""
+    buffers, codes = model.buffers or [], model.operatorCodes or []
+    for g, graph in enumerate(model.subgraphs):
+        tensors = graph.tensors or []
+        for i, tensor in enumerate(tensors):
+            problem = _tensor_problem(tensor, buffers, file_size)
+            if problem:
+                return f"subgraph {g} tensor {i} ({(tensor.name or b'').decode(errors='replace')!r}) {problem}"
+        for kind, indices in (("input", graph.inputs), ("output", graph.outputs)):
+            bad = [int(t) for t in (indices if indices is not None else ()) if not 0 <= t < len(tensors)]
+            if bad:
+                return f"subgraph {g} names {kind} tensor {bad[0]} of {len(tensors)}"
+        for o, op in enumerate(graph.operators or ()):
+            if not 0 <= op.opcodeIndex < len(codes):
+                return f"subgraph {g} op {o} uses operator code {op.opcodeIndex} of {len(codes)}"
+            for kind, indices in (("input", op.inputs), ("output", op.outputs), ("intermediate", op.intermediates)):
+                lowest = -1 if kind == "input" else 0   # -1 marks an omitted optional input
+                bad = [int(t) for t in (indices if indices is not None else ()) if not lowest <= t < len(tensors)]
+                if bad:
+                    return f"subgraph {g} op {o} ({op_name(codes[op.opcodeIndex])}) names {kind} tensor {bad[0]} " \
+                           f"of {len(tensors)}"
+    return ""
+
+
+def _tensor_problem(tensor: "schema.TensorT", buffers: list, file_size: int) -> str:
+    shape = [int(d) for d in (tensor.shape if tensor.shape is not None else ())]
+    if any(d < 0 for d in shape):
+        return f"has shape {shape}"
+    elements = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if elements > _MAX_ELEMENTS:
+        return f"has shape {shape} ({elements:,} elements)"
+    if not 0 <= tensor.buffer < max(1, len(buffers)):
+        return f"uses buffer {tensor.buffer} of {len(buffers)}"
+    buffer = buffers[tensor.buffer] if buffers else None
+    if buffer is not None:
+        if buffer.offset > 1 and buffer.offset + buffer.size > file_size:
+            return f"has data at bytes {buffer.offset}-{buffer.offset + buffer.size} of a {file_size}-byte file"
+        stored = len(buffer.data) if buffer.data is not None else 0
+        item = _ITEM_SIZES.get(_TENSOR_TYPES.get(tensor.type, ""))
+        if stored and item and tensor.sparsity is None and stored != elements * item:
+            return f"has {stored} bytes of data for shape {shape} of {_TENSOR_TYPES[tensor.type]}"
+    quant = tensor.quantization
+    if quant is not None and quant.scale is not None and len(quant.scale):
+        scale = np.asarray(quant.scale, np.float64)
+        zero = quant.zeroPoint if quant.zeroPoint is not None else ()
+        constant = buffer is not None and buffer.data is not None and len(buffer.data) > 0
+        if not np.all(np.isfinite(scale)) or np.any(scale < 0) or (not constant and np.any(scale == 0)):
+            return f"has quantization scale {scale[:4].tolist()}"
+        if len(zero) != len(scale):
+            return f"has {len(scale)} quantization scales but {len(zero)} zero points"
+        if len(scale) > 1 and not (0 <= quant.quantizedDimension < len(shape) and
+                                   shape[quant.quantizedDimension] == len(scale)):
+            return f"has {len(scale)} per-channel scales on dimension {quant.quantizedDimension} of shape {shape}"
+    return ""
 
 
 def _tensor_info(tensor: "schema.TensorT") -> TensorInfo:

@@ -41,7 +41,7 @@ from .quantize import load_qat_model, quantize_aware, save_qat_model, standalone
 from .train import FineTuner, train_classifier
 from .distribute import is_chief, make_strategy
 from .diagnose import Diagnosis, FallbackResult, QuantizationDebug, accuracy_budgeted_fallback, top1_evaluator
-from .verify import ParityReport, ParityRow, keras_accuracy, measure_parity
+from .verify import Expected, ParityReport, ParityRow, keras_accuracy, measure_parity
 
 Log = Callable[[str], None]
 KERAS_FILE_SUFFIX = "_float.keras"
@@ -674,9 +674,10 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
                  preprocessing: PreprocessSpec | None = None, preprocess: PreprocessConfig = PreprocessConfig(),
                  labels: str | Path | None = None, config: VerifyConfig = VerifyConfig(),
                  sources: Mapping[str, tuple[str, keras.Model]] | None = None, safe_mode: bool = True,
-                 log: Log = _stderr) -> ParityReport:
+                 expected: Mapping[str, Expected] | None = None, log: Log = _stderr) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
-    it has one). Returns the report; call `.check()` to gate."""
+    it has one); `expected` top-1s (reference metrics, or what the run measured) are gated too. Returns the
+    report; call `.check()` to gate."""
     model = load_model(keras_path, safe_mode=safe_mode)
     shape = image_input_shape(model)
     spec = preprocessing or PreprocessSpec.from_config(preprocess, shape)
@@ -686,7 +687,7 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
     root = Path(data_dir)
     folder = ImageFolder.scan(root / "validation", class_names) if (root / "validation").is_dir() else \
         ImageFolder.scan(root, class_names)
-    return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, log=log)
+    return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, expected=expected, log=log)
 
 
 def recorded_gate(report_path: Path) -> dict[str, object]:
@@ -697,6 +698,16 @@ def recorded_gate(report_path: Path) -> dict[str, object]:
     except (OSError, KeyError, ValueError, TypeError):
         return {}
     return {f"verify.{key}": verify[key] for key in ("max_top1_drop", "min_agreement", "kernels") if key in verify}
+
+
+def recorded_keras_top1(report_path: Path, tolerance_pts: float) -> dict[str, Expected]:
+    """The float model's top-1 the run measured on its validation folder, as the expectation `verify RUN_DIR`
+    holds it to (within the gate's top-1 budget); empty when the report does not say."""
+    try:
+        top1 = float(json.loads(report_path.read_text(encoding="utf-8"))["parity"]["keras_top1"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    return {"keras": Expected(top1, tolerance_pts / 100.0, f"the run ({report_path.name})")}
 
 
 def recorded_validation_dir(report_path: Path) -> Path:

@@ -23,6 +23,17 @@ from .errors import OutputError
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+FILE_MODE = 0o666 & ~_UMASK   # what open() would give: temporary files are 0600 and folders 0700 otherwise
+DIR_MODE = 0o777 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same folder, fsync and rename."""
     path = Path(path)
@@ -33,6 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         raise OutputError(f"Cannot write into {str(path.parent)!r}: {error.strerror}.") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -65,7 +77,9 @@ def check_run_name(name: str) -> str:
 def temporary_dir(parent: Path, prefix: str) -> Path:
     """A new hidden folder `parent/<prefix><pid>-<random>` for staging; `remove_stale` clears those of dead
     processes (a run killed with SIGKILL cannot clean up after itself)."""
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    folder.chmod(DIR_MODE)  # published as is: the usual folder permissions, not mkdtemp's private 0700
+    return folder
 
 
 def remove_stale(parent: Path, prefix: str) -> list[Path]:

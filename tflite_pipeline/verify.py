@@ -7,15 +7,18 @@ outputs dequantized with each tensor's own scale and zero point.
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from .data import ImageFolder, PreprocessSpec
-from .errors import ModelError, ParityError, TFLiteFileError
+from .errors import DataError, ModelError, ParityError, TFLiteFileError
 from .inspect import read_flatbuffer
 from .recipe import VerifyConfig
 
@@ -60,6 +63,17 @@ _OP_RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILT
                  "reference": OpResolverType.BUILTIN_REF}
 
 
+@contextlib.contextmanager
+def _runtime_errors(step: str):
+    """LiteRT refusing a model (a kernel's Prepare or Eval failing) -> `TFLiteFileError` in its own words."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as error:
+        words = " ".join(str(error).split())[:600]
+        raise TFLiteFileError(f"LiteRT cannot {step} the model: {words}. A file the converter wrote loads; this one "
+                              "is damaged or was edited by hand.") from None
+
+
 class LiteRTClassifier:
     """A `.tflite` classifier in the LiteRT interpreter that takes and returns float arrays.
 
@@ -74,12 +88,10 @@ class LiteRTClassifier:
     def __init__(self, model: str | Path | bytes, *, num_threads: int = 2, batch_size: int = 64,
                  kernels: str = "xnnpack") -> None:
         content, _ = read_flatbuffer(model)
-        try:
+        with _runtime_errors("load"):
             self._interpreters = [Interpreter(model_content=content, num_threads=1,
                                               experimental_op_resolver_type=_OP_RESOLVERS[kernels])
                                   for _ in range(max(1, num_threads))]
-        except (ValueError, RuntimeError) as error:
-            raise TFLiteFileError(f"LiteRT cannot load the model: {error}") from None
         self._input = self._interpreters[0].get_input_details()[0]
         self._output = self._interpreters[0].get_output_details()[0]
         signature = self._input.get("shape_signature", self._input["shape"])
@@ -89,12 +101,23 @@ class LiteRTClassifier:
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.num_classes = int(self._output["shape"][-1])
 
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        """The real values an integer input tensor can represent (its scale and zero point), else None."""
+        dtype = np.dtype(self._input["dtype"])
+        if dtype not in _INTEGER_RANGES:
+            return None
+        scale, zero_point = self._input["quantization"]
+        low, high = _INTEGER_RANGES[dtype]
+        return (low - zero_point) * scale, (high - zero_point) * scale
+
     def _ensure_batch(self, worker: int, n: int) -> None:
         if n != self._allocated[worker]:
             interpreter = self._interpreters[worker]
-            if n != int(self._input["shape"][0]) or self._allocated[worker]:
-                interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
-            interpreter.allocate_tensors()
+            with _runtime_errors("prepare"):
+                if n != int(self._input["shape"][0]) or self._allocated[worker]:
+                    interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
+                interpreter.allocate_tensors()
             self._allocated[worker] = n
 
     def _set_input(self, worker: int, chunk: np.ndarray) -> None:
@@ -117,7 +140,8 @@ class LiteRTClassifier:
             chunk = images[start:start + step]
             self._ensure_batch(worker, len(chunk))
             self._set_input(worker, chunk)
-            interpreter.invoke()
+            with _runtime_errors("run"):
+                interpreter.invoke()
             out = interpreter.get_tensor(self._output["index"])
             scores.append(dequantize(out, out_scale, out_zero) if out.dtype in _INTEGER_RANGES else
                           out.astype(np.float32))
@@ -243,10 +267,11 @@ class ParityReport:
     kernels: str = "xnnpack"
     keras_per_class_top1: tuple[float, ...] = ()
     keras_confusion: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
+    keras_failures: tuple[str, ...] = ()  # the float model itself misses its expected top-1, or labels look permuted
 
     @property
     def passed(self) -> bool:
-        return all(row.passed for row in self.rows)
+        return not self.keras_failures and all(row.passed for row in self.rows)
 
     def row(self, variant: str) -> ParityRow:
         return next(row for row in self.rows if row.variant == variant)
@@ -262,8 +287,8 @@ class ParityReport:
         lines = ["| model | top-1 | Δ top-1 vs float Keras (pts) | agreement with float Keras | agreement with "
                  "its Keras source | cosine / KL vs source | top-5 | images | gate |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-                 f"| float Keras | {self.keras_top1:.2%} | | | | | {self.keras_top5:.2%} | {self.num_images} "
-                 "| reference |"]
+                 f"| float Keras | {self.keras_top1:.2%} | | | | | {self.keras_top5:.2%} | {self.num_images} | "
+                 + ("FAIL: " + "; ".join(self.keras_failures) if self.keras_failures else "reference") + " |"]
         for row in self.rows:
             gate = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
             delta = round(-row.top1_drop, 2) + 0.0  # no "-0.00"
@@ -288,9 +313,80 @@ class ParityReport:
     def check(self) -> "ParityReport":
         """Return self when every row passed, else raise `ParityError` with the report attached."""
         if not self.passed:
-            failed = [f"{row.variant}: {'; '.join(row.failures)}" for row in self.rows if not row.passed]
+            failed = [f"float Keras: {'; '.join(self.keras_failures)}"] if self.keras_failures else []
+            failed += [f"{row.variant}: {'; '.join(row.failures)}" for row in self.rows if not row.passed]
             raise ParityError("Parity gate failed for " + " | ".join(failed) + "\n" + self.format_table(), self)
         return self
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A top-1 a model must reproduce on this data, within `tolerance` (a fraction), and where it comes from."""
+
+    top1: float
+    tolerance: float
+    source: str
+
+    def problem(self, top1: float, what: str) -> str:
+        if abs(top1 - self.top1) <= self.tolerance + 1e-9:
+            return ""
+        return f"{what} top-1 {top1:.2%} is not the {self.top1:.2%} ± {self.tolerance * 100:.2g} pts of {self.source}"
+
+
+def read_reference_metrics(path: str | Path) -> dict[str, Expected]:
+    """A reference metrics file: `{"variants": {"keras": {"top1": 0.87, "tolerance": 0.002}, "int8": {...}}}`
+    (what `tests/reference/make_reference.py` writes). Keys are `keras` and `.tflite` variants (`int8` matches
+    `model_int8.tflite`). Raises `DataError` for a file that is not one."""
+    where = str(path)
+    try:
+        variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
+        return {str(name): Expected(float(entry["top1"]), float(entry.get("tolerance", 0.005)), f"reference {where}")
+                for name, entry in variants.items()}
+    except OSError as error:
+        raise DataError(f"Cannot read reference metrics {where!r}: {error.strerror}.") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(f"Reference metrics {where!r} are not usable ({type(error).__name__}: {error}); expected "
+                        '{"variants": {"keras": {"top1": 0.87, "tolerance": 0.005}, "int8": {...}}}.') from None
+
+
+def expected_for(variant: str, expected: Mapping[str, Expected]) -> Expected | None:
+    """The expectation of `variant` (exact name, else the longest key it ends with after `_`)."""
+    if variant in expected:
+        return expected[variant]
+    matches = [key for key in expected if key != "keras" and variant.endswith(f"_{key}")]
+    return expected[max(matches, key=len)] if matches else None
+
+
+def class_order_problem(confusion: np.ndarray, class_names: Sequence[str]) -> str:
+    """Say so when the float model's predictions are a reordering of the labels: most images land in one
+    off-diagonal cell of their row (labels.txt in another order than the model's outputs), else ""."""
+    confusion = np.asarray(confusion)
+    if confusion.size == 0 or confusion.sum() == 0:
+        return ""
+    dominant = np.argmax(confusion, axis=1)
+    moved = [i for i, j in enumerate(dominant) if j != i and confusion[i, j] > 0.5 * confusion[i].sum()]
+    distinct = len({int(dominant[i]) for i in moved}) == len(moved)  # a reordering, not a collapse onto one class
+    if len(moved) < 2 or not distinct or sum(confusion[i, dominant[i]] for i in moved) < 0.5 * confusion.sum():
+        return ""
+    names = list(class_names) or [str(i) for i in range(len(confusion))]
+    pairs = ", ".join(f"{names[i]!r} -> {names[dominant[i]]!r}" for i in moved[:4])
+    return (f"the class order looks wrong: images of {len(moved)} classes are mostly predicted as another class "
+            f"({pairs}{', ...' if len(moved) > 4 else ''}); labels.txt must list the classes in the model's "
+            "output order")
+
+
+def _input_range_problem(represented: tuple[float, float] | None, data: tuple[float, float]) -> list[str]:
+    """Why an integer model may have failed: its input quantization does not fit the preprocessed images (the
+    model was calibrated for another preprocessing, or its input scale / zero point were changed)."""
+    if represented is None:
+        return []
+    low, high = represented
+    span = max(data[1] - data[0], 1e-12)
+    clipped = max(0.0, low - data[0]) + max(0.0, data[1] - high)
+    if clipped <= 0.05 * span and high - low <= 4 * span:
+        return []
+    return [f"its integer input represents [{low:.4g}, {high:.4g}] but the preprocessed images span "
+            f"[{data[0]:.4g}, {data[1]:.4g}]: the input scale / zero point do not fit this preprocessing"]
 
 
 def _matrix(confusion: np.ndarray) -> tuple[tuple[int, ...], ...]:
@@ -300,6 +396,7 @@ def _matrix(confusion: np.ndarray) -> tuple[tuple[int, ...], ...]:
 def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes], folder: ImageFolder,
                    spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
                    sources: Mapping[str, tuple[str, Any]] | None = None,
+                   expected: Mapping[str, Expected] | None = None,
                    log: Callable[[str], None] = print) -> ParityReport:
     """Run the float Keras model, each `.tflite` and each `.tflite`'s Keras source over `folder` in one pass.
 
@@ -307,7 +404,9 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     float model itself, as for post-training quantization). The gate: top-1 drop vs the float model
     <= `max_top1_drop` and agreement with the source >= `min_agreement`. Per model it also counts a
     confusion matrix, and against the source: mean cosine similarity of the outputs and KL divergence
-    of the probabilities. Returns the report whether or not it passes; call `.check()` to gate.
+    of the probabilities. `expected` (`read_reference_metrics`, or the top-1 the run measured) adds: the float
+    model and each `.tflite` must reproduce their expected top-1. And the float model's predictions must not be
+    a reordering of the labels. Returns the report whether or not it passes; call `.check()` to gate.
     Raises `ModelError` for a class-count mismatch.
     """
     from .models import check_labels, outputs_probabilities
@@ -328,9 +427,10 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     keras_tally = {key: _Tally(num_classes) for key in kerases}
     tflite_tally = {name: _Tally(num_classes) for name in runners}
     labels: list[np.ndarray] = []
-    done = 0
+    done, data_low, data_high = 0, np.inf, -np.inf
     for images, batch_labels in folder.batches(spec, config.batch_size):
         labels.append(batch_labels)
+        data_low, data_high = min(data_low, float(images.min())), max(data_high, float(images.max()))
         keras_scores = {key: np.asarray(model(images, training=False)) for key, model in kerases.items()}
         for key, scores in keras_scores.items():
             keras_tally[key].add(scores, batch_labels)
@@ -359,15 +459,29 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
             failures.append(f"top-1 drop {drop:.2f} pts > {config.max_top1_drop:g}")
         if source_agreement < config.min_agreement - 1e-12:
             failures.append(f"agreement {source_agreement:.2%} < {config.min_agreement:.2%}")
+        row_expected = expected_for(name, expected or {})
+        if row_expected is not None and row_expected.problem(top1, "its"):
+            failures.append(row_expected.problem(top1, "its"))
+        if failures:
+            failures.extend(_input_range_problem(runners[name].input_range, (data_low, data_high)))
         rows.append(ParityRow(variant=name, top1=top1, top5=_in_topk(top, y), top1_drop=drop, agreement=agreement,
                               source_agreement=source_agreement, source=source_label, failures=tuple(failures),
                               source_cosine=tally.cosine_sum / len(y), source_kl=tally.kl_sum / len(y),
                               per_class_top1=per_class_top1(tally.confusion), confusion=_matrix(tally.confusion)))
+    keras_failures = []
+    keras_expected = (expected or {}).get("keras")
+    missed = keras_expected.problem(keras_top1, "its") if keras_expected is not None else ""
+    if missed:
+        keras_failures.append(f"{missed}: the images reach it with another preprocessing (here `{spec.formula()}`) "
+                              "or other labels than when that was measured, or it is another model")
+    order = class_order_problem(reference_tally.confusion, folder.class_names)
+    if order:
+        keras_failures.append(order)
     return ParityReport(num_images=len(y), keras_top1=keras_top1, keras_top5=_in_topk(reference, y), rows=tuple(rows),
                         max_top1_drop=config.max_top1_drop, min_agreement=config.min_agreement,
                         data=str(folder.root), class_names=folder.class_names, kernels=config.kernels,
                         keras_per_class_top1=per_class_top1(reference_tally.confusion),
-                        keras_confusion=_matrix(reference_tally.confusion))
+                        keras_confusion=_matrix(reference_tally.confusion), keras_failures=tuple(keras_failures))
 
 
 def keras_accuracy(model, folder: ImageFolder, spec: PreprocessSpec, batch_size: int = 64) -> float:
