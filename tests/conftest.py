@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
 BUNDLED = REPO / "representative_data"
 PER_CLASS = {"train": 30, "validation": 5, "calibration": 3}
+REFERENCE_MODEL = REPO / "tests" / "reference" / "reference_cnn.keras"   # make_reference.py trains it
+REFERENCE_METRICS = REPO / "tests" / "reference" / "metrics.json"
 
 
 def copy_tiny_dataset(target: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
@@ -76,6 +78,17 @@ def tiny_run(tiny_recipe, tmp_path_factory) -> "tp.RunResult":
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
     return tp.load_model(tiny_run.run_dir / "mobilenet_v2_float.keras")
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """The reference CNN converted by the CLI with its defaults (float32 + int8, default gate) on the bundled data."""
+    from tflite_pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["convert", str(REFERENCE_MODEL), "--data", str(BUNDLED), "--output-dir", str(out),
+                 "--run-name", "ref"]) == 0
+    return out / "ref"
 
 
 @pytest.fixture(scope="session")

@@ -217,6 +217,71 @@ def _tiny_tflite(ws: Workspace) -> bytes:
     return convert_float32(tp.load_model(ws.model))
 
 
+# --- inputs from other systems and hostile sources ----------------------------------------------------------
+
+def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A 100-byte PNG whose header declares 10 gigapixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def _rename_class_not_utf8(ws: Workspace) -> list[str]:
+    """A class folder named in Latin-1 bytes (as an old system writes 'café'), and no labels.txt to name it."""
+    for split in ("train", "validation", "calibration"):
+        os.rename(ws.data / split / "coat", os.fsencode(ws.data / split) + b"/caf\xe9")
+    (ws.data / "labels.txt").unlink()
+    return ws.convert()
+
+
+def _labels_not_utf8(ws: Workspace) -> list[str]:
+    text = (ws.data / "labels.txt").read_text().replace("coat", "caf\u00e9")
+    (ws.data / "labels.txt").write_bytes(text.encode("latin-1"))
+    return ws.convert()
+
+
+def _link(target: str | Path, name: str) -> Callable[[Workspace], list[str]]:
+    def make(ws: Workspace) -> list[str]:
+        os.symlink(target, ws.first_image().parent / name)
+        return ws.convert()
+    return make
+
+
+def _fifo(ws: Workspace) -> list[str]:
+    os.mkfifo(ws.first_image().parent / "camera.png")
+    return ws.convert()
+
+
+def _wide(ws: Workspace) -> list[str]:
+    """1,000 class folders (one image each) for a 10-class model."""
+    image = ws.first_image().read_bytes()
+    root = ws.root / "wide"
+    for number in range(1000):
+        (root / f"class{number:04d}").mkdir(parents=True)
+        (root / f"class{number:04d}" / "a.png").write_bytes(image)
+    return ws.convert(data=root)
+
+
+def _damaged_archive(edit: Callable[[bytes], bytes]) -> Callable[[Workspace], list[str]]:
+    """The model's .keras zip, valid as an archive, with its config.json edited."""
+    def make(ws: Workspace) -> list[str]:
+        import zipfile
+
+        damaged = ws.root / "damaged.keras"
+        with zipfile.ZipFile(ws.model) as source, zipfile.ZipFile(damaged, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                target.writestr(item, edit(data) if item.filename == "config.json" else data)
+        return ws.convert(model=damaged)
+    return make
+
+
 CASES = {
     # data: exit 5
     "missing-data-folder": Case("data folder that does not exist", tp.DataError, r"'.*/nowhere' does not exist",
@@ -237,7 +302,37 @@ CASES = {
     "too-few-calibration-images": Case("3 calibration images", tp.DataError,
                                        r"has 3 images; full-integer calibration needs at least 10",
                                        _three_class_calibration),
+    "decompression-bomb": Case("a PNG declaring 100,000 x 100,000 pixels (decompression bomb)", tp.DataError,
+                               r"Cannot decode image '.*bomb.png' \(DecompressionBombError: Image size "
+                               r"\(10000000000 pixels\) exceeds limit", _drop_file("bomb.png", _bomb_png())),
+    "class-folder-not-utf8": Case("a class folder named in Latin-1 (caf\\xe9)", tp.DataError,
+                                  r"Class folder b'.*caf\\xe9' has a name that is not valid UTF-8; rename it",
+                                  _rename_class_not_utf8),
+    "labels-not-utf8": Case("labels.txt saved as Latin-1", tp.DataError,
+                            r"Labels file '.*labels.txt' is not UTF-8 text \(byte \d+: b'\\xe9'\); save it as UTF-8",
+                            _labels_not_utf8),
+    "folder-link-loop": Case("a link to its own folder (symlink loop)", tp.DataError,
+                             r"'.*/loop' leads back into a folder already read \(a symbolic link loop",
+                             _link(".", "loop")),
+    "file-link-loop": Case("a file link pointing at itself", tp.DataError,
+                           r"'.*self.png' is a symbolic link that cannot be followed \(Too many levels of symbolic "
+                           r"links", _link("self.png", "self.png")),
+    "dangling-link": Case("a link to a file that does not exist", tp.DataError,
+                          r"'.*gone.png' is a symbolic link that cannot be followed \(No such file or directory: "
+                          r"'/nonexistent/gone.png'\).*Remove it", _link("/nonexistent/gone.png", "gone.png")),
+    "fifo-named-png": Case("a FIFO named camera.png (would block a read)", tp.DataError,
+                           r"'.*camera.png' is a FIFO \(named pipe\); data folders hold only images and folders",
+                           _fifo),
     # models: exit 6
+    "very-wide-tree": Case("1,000 class folders for a 10-class model", tp.ModelError,
+                           r"outputs 10 classes but the labels of .* lists 1000; use the labels.txt", _wide),
+    "archive-with-truncated-config": Case("a .keras archive whose config.json is cut short", tp.ModelError,
+                                          r"Cannot load Keras model '.*damaged.keras' \(JSONDecodeError: .*\): the "
+                                          r"file is damaged", _damaged_archive(lambda data: data[:len(data) // 2])),
+    "archive-with-garbled-config": Case("a .keras archive whose config names an unknown layer class", tp.ModelError,
+                                        r"Cannot load Keras model '.*damaged.keras' \(TypeError: .*\): the file is "
+                                        r"damaged", _damaged_archive(lambda data: data.replace(b'"Conv2D"',
+                                                                                               b'"Conv9D"'))),
     "missing-model-file": Case("model file that does not exist", tp.ModelError, r"does not exist; expected a .keras",
                                lambda ws: ws.convert(model=ws.root / "none.keras")),
     "labels-vs-model-outputs": Case("3 classes for a 10-output model", tp.ModelError,
@@ -379,11 +474,136 @@ def test_images_of_odd_modes_are_converted_not_rejected(workspace, capsys):
     assert report["parity"]["rows"][0]["agreement"] == 1.0
 
 
+# --- legitimate inputs from other systems: accepted ----------------------------------------------------------
+
+def _labels_from_another_editor(ws: Workspace) -> list[str]:
+    """A byte-order mark, CRLF line ends, spaces after names and blank lines at the end (Notepad, Excel exports)."""
+    names = (ws.data / "labels.txt").read_text().split()
+    (ws.data / "labels.txt").write_bytes(("\ufeff" + "".join(f"{name}  \r\n" for name in names) + "\r\n \r\n")
+                                         .encode("utf-8"))
+    return ws.convert()
+
+
+def _file_name_not_utf8(ws: Workspace) -> list[str]:
+    image = ws.first_image()
+    os.rename(image, os.fsencode(image.parent) + b"/photo-\xff\xfe.png")
+    return ws.convert()
+
+
+def _lying_extensions(ws: Workspace) -> list[str]:
+    """A PNG saved as .jpg and a JPEG saved as .png: Pillow reads the content, not the name."""
+    from PIL import Image
+
+    png, other = ws.first_image(0), ws.first_image(1)
+    png.rename(png.with_suffix(".jpg"))
+    with Image.open(other) as image:
+        image.convert("RGB").save(other, format="JPEG")
+    return ws.convert()
+
+
+def _linked_from_outside(ws: Workspace) -> list[str]:
+    """An image linked from outside the data folder, and a class folder that is a link to another disk."""
+    image = ws.first_image()
+    (ws.root / "elsewhere").mkdir()
+    image.rename(ws.root / "elsewhere" / image.name)
+    os.symlink(ws.root / "elsewhere" / image.name, image)
+    folder = ws.first_image(1).parent
+    shutil.move(folder, ws.root / "other-disk")
+    os.symlink(ws.root / "other-disk", folder)
+    return ws.convert()
+
+
+def _deep_tree(ws: Workspace) -> list[str]:
+    """A class folder's images 60 sub-folders down (sub-folders count, as in Keras' image_dataset_from_directory)."""
+    image = ws.first_image()
+    deep = image.parent.joinpath(*(f"level{n:02d}" for n in range(60)))
+    deep.mkdir(parents=True)
+    image.rename(deep / image.name)
+    return ws.convert()
+
+
+def _wide_folder(ws: Workspace) -> list[str]:
+    """2,000 images in one class folder (hard links of one file)."""
+    image = ws.first_image()
+    for number in range(2000):
+        os.link(image, image.parent / f"copy{number:04d}.png")
+    return ws.convert()
+
+
+ACCEPTED = {
+    # row: (what the user gave, builder, validation images the run must count)
+    "labels-from-another-editor": ("labels.txt with a BOM, CRLF, trailing spaces and blank lines",
+                                   _labels_from_another_editor, 20),
+    "file-name-not-utf8": ("an image whose file name is not valid UTF-8", _file_name_not_utf8, 20),
+    "lying-extensions": ("a PNG named .jpg and a JPEG named .png", _lying_extensions, 20),
+    "links-leading-outside": ("an image and a class folder linked from outside the data folder",
+                              _linked_from_outside, 20),
+    "deep-tree": ("an image 60 folders deep in its class folder", _deep_tree, 20),
+    "wide-folder": ("2,000 images in one class folder", _wide_folder, 2020),
+}
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_legitimate_input_from_other_systems_is_accepted(name, workspace, capsys):
+    _, make, validation = ACCEPTED[name]
+    argv = make(workspace)
+    assert main([*argv, "--variants", "float32"]) == 0, capsys.readouterr().err[-2000:]
+    report = __import__("json").loads((workspace.out / "run" / "report.json").read_text())
+    assert report["data"]["validation"] == validation and report["data"]["skipped_files"] == 0
+    assert (workspace.out / "run" / "labels.txt").read_text().split() == \
+        (workspace.data / "labels.txt").read_text(encoding="utf-8-sig").split()
+
+
+FLIP_CHILD = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from tflite_pipeline.cli import main
+
+source, keras, data, copies = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+original, rng, codes = Path(source).read_bytes(), np.random.default_rng(0), []
+for number in range(copies):
+    damaged = bytearray(original)
+    for position in rng.integers(0, len(damaged), size=int(rng.integers(1, 9))):
+        damaged[position] ^= int(rng.integers(1, 256))
+    path = Path(sys.argv[5]) / f"copy{number}.tflite"
+    path.write_bytes(bytes(damaged))
+    codes.append([main(["inspect", str(path)]), main(["verify", str(path), "--keras", keras, "--data", data])]
+                 + ([main(["check-runtime", str(path), "--no-legacy-check"])] if number < 8 else []))
+print("CODES " + json.dumps(codes))
+"""
+
+
+def test_a_tflite_with_flipped_bytes_never_crashes_or_hangs(reference_run, workspace, tmp_path):
+    """40 seeded copies of the int8 reference model, 1-8 random bytes flipped anywhere, through inspect, verify and
+    (8 of them) check-runtime in one child process: each ends in success or a typed error, none in a crash (a
+    signal), a traceback or a hang. `benchmarks/fuzz_tflite.py` runs 200 copies, each command in its own process."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FLIP_CHILD, str(reference_run / "reference_cnn_int8.tflite"),
+                           str(reference_run / "reference_cnn_float.keras"), str(workspace.data), "40",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    codes = json.loads(done.stdout.rsplit("CODES ", 1)[1])
+    typed = {0, tp.ModelError.exit_code, tp.TFLiteFileError.exit_code, tp.ParityError.exit_code,
+             tp.CompatibilityError.exit_code}  # ModelError: a damaged .tflite whose class count no longer fits
+    assert all(code in typed for row in codes for code in row), [row for row in codes if set(row) - typed]
+    assert sum(row[0] == tp.TFLiteFileError.exit_code for row in codes) >= 5  # damage is caught, not ignored
+
+
 def matrix_table() -> str:
     lines = ["| # | input | error | exit code | message says |", "|---:|---|---|---:|---|"]
     for number, case in enumerate(CASES.values(), 1):
         lines.append(f"| {number} | {case.input} | {case.error.__name__} | {case.error.exit_code} | "
                      f"`{case.message}` |")
+    start = len(CASES) + 1
+    lines.append(f"| {start} | a .tflite with 1-8 random bytes flipped (40 copies; inspect, verify, check-runtime) | "
+                 "success or TFLiteFileError / ModelError / ParityError / CompatibilityError | 0 / 8 / 6 / 9 / 11 | never a crash, "
+                 "a traceback or a hang |")
+    for number, (description, _, _) in enumerate(ACCEPTED.values(), start + 1):
+        lines.append(f"| {number} | {description} | accepted | 0 | the run counts every image |")
     return "\n".join(lines)
 
 

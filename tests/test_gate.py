@@ -20,17 +20,9 @@ from tflite_pipeline.cli import main
 from tflite_pipeline.inspect import read_flatbuffer
 from tflite_pipeline.recipe import VerifyConfig
 
-REFERENCE = Path(__file__).parent / "reference"
-MODEL = REFERENCE / "reference_cnn.keras"
-METRICS = REFERENCE / "metrics.json"
-DATA = Path(__file__).resolve().parents[1] / "representative_data"
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gate")
-    assert main(["convert", str(MODEL), "--data", str(DATA), "--output-dir", str(out), "--run-name", "ref"]) == 0
-    return out / "ref"
+from conftest import BUNDLED as DATA
+from conftest import REFERENCE_METRICS as METRICS
+from conftest import REFERENCE_MODEL as MODEL
 
 
 def test_the_reference_model_passes_the_default_gate_and_reproduces_its_reference_metrics(reference_run):

@@ -31,7 +31,8 @@ from .runfolder import listing_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _DECODE_ERROR_TAG = "tflite_pipeline.DataError: "
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)  # what Pillow raises on bad files
+# what Pillow raises on bad files; DecompressionBombError: a header declaring more than Image.MAX_IMAGE_PIXELS
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,15 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def read_labels(path: str | Path) -> tuple[str, ...]:
-    """Class names, one per line, in output-index order. Blank lines are ignored."""
+    """Class names, one per line, in output-index order. Blank lines and spaces around names are ignored, and so
+    are what other editors add: a UTF-8 byte-order mark and Windows (CRLF) line ends."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as error:
         raise DataError(f"Cannot read labels file {str(path)!r}: {error.strerror}.") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"Labels file {str(path)!r} is not UTF-8 text (byte {error.start}: "
+                        f"{error.object[error.start:error.start + 1]!r}); save it as UTF-8.") from None
     names = tuple(line.strip() for line in lines if line.strip())
     if not names:
         raise DataError(f"Labels file {str(path)!r} is empty; expected one class name per line.")
@@ -204,7 +209,7 @@ class ImageFolder:
         if not root.is_dir():
             raise DataError(f"Data folder {str(root)!r} does not exist; expected a folder with one "
                             "sub-folder of images per class.")
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = class_folders(root)
         if not folders:
             raise DataError(f"Data folder {str(root)!r} has no class sub-folders; expected "
                             f"{root}/<class name>/<images>.")
@@ -221,7 +226,8 @@ class ImageFolder:
         labels: list[int] = []
         skipped: list[str] = []
         for index, name in enumerate(class_names):
-            entries = sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))
+            entries, unreadable = _walk_class_folder(root / name, skip_bad)
+            skipped.extend(str(p) for p in unreadable)
             not_images = [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
             if not_images and not skip_bad:
                 raise DataError(f"{str(root / name)!r} holds files that are not images: "
@@ -259,7 +265,7 @@ class ImageFolder:
 
         def load(path: bytes) -> np.ndarray:
             try:
-                return spec.load(path.decode())
+                return spec.load(os.fsdecode(path))
             except DataError as error:  # crosses tf.numpy_function as a string; see `data_errors`
                 raise ValueError(_DECODE_ERROR_TAG + str(error)) from None
 
@@ -270,7 +276,8 @@ class ImageFolder:
                 image = tf.image.random_flip_left_right(image, seed=seed)
             return image, label
 
-        ds = tf.data.Dataset.from_tensor_slices((list(self.files), np.asarray(self.labels, np.int32)))
+        paths = [os.fsencode(file) for file in self.files]  # bytes: file names need not be valid UTF-8
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(self.labels, np.int32)))
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -283,6 +290,76 @@ class ImageFolder:
         with data_errors():
             for images, labels in self.dataset(spec, batch_size):
                 yield images.numpy(), labels.numpy()
+
+
+def class_folders(root: Path) -> tuple[str, ...]:
+    """The sorted class sub-folder names of `root` (hidden ones skipped). Raises `DataError` for a name that is
+    not valid UTF-8: class names go into labels.txt, report.json and the app."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    except OSError as error:
+        raise DataError(f"Cannot list {str(root)!r}: {error.strerror}.") from None
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"Class folder {os.fsencode(root / name)!r} has a name that is not valid UTF-8; rename "
+                            "it (class names go into labels.txt, the report and the app).") from None
+    return tuple(names)
+
+
+def _walk_class_folder(folder: Path, skip_bad: bool) -> tuple[list[Path], list[Path]]:
+    """The files under a class folder, in sub-folders too (as Keras' `image_dataset_from_directory` reads them),
+    symbolic links followed wherever they lead; hidden entries skipped. Returns `(files, unusable)`: an entry
+    that is neither a file nor a folder (a dangling link, a link loop, a FIFO that would block the read, a
+    device) raises `DataError`, or with `skip_bad` is returned as unusable. Iterative: any depth."""
+    files: list[Path] = []
+    unusable: list[Path] = []
+    pending, seen = [folder], set()
+    while pending:
+        current = pending.pop()
+        try:
+            status = current.stat()
+            if (status.st_dev, status.st_ino) in seen:
+                raise DataError(f"{str(current)!r} leads back into a folder already read (a symbolic link loop or a "
+                                "second link to the same folder); remove the link.")
+            seen.add((status.st_dev, status.st_ino))
+            with os.scandir(current) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as error:
+            raise DataError(f"Cannot list {str(current)!r}: {error.strerror}.") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                kind = "folder" if entry.is_dir() else "file" if entry.is_file() else "other"
+            except OSError:  # a link loop (ELOOP) and the like
+                kind = "other"
+            if kind == "folder":
+                pending.append(path)
+            elif kind == "file":
+                files.append(path)
+            elif skip_bad:
+                unusable.append(path)
+            else:
+                raise DataError(f"{str(path)!r} is {_not_a_file(path)}; data folders hold only images and folders. "
+                                "Remove it (or set data.skip_bad_images = true to skip and count it).")
+    return sorted(files), unusable
+
+
+def _not_a_file(path: Path) -> str:
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if path.is_symlink():
+            return f"a symbolic link that cannot be followed ({error.strerror}: {os.readlink(path)!r})"
+        return f"unreadable ({error.strerror})"
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device",
+             stat.S_ISBLK: "a device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
 
 
 def _check_identifiable(path: Path) -> None:
@@ -374,7 +451,7 @@ def open_splits(root: str | Path, *, train: str = "train", validation: str = "va
             raise DataError(f"Data folder {str(root)!r} lacks the `{name}/` split.")
     if class_names is None:
         first = root / (train if need_train else validation)
-        class_names = tuple(sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        class_names = class_folders(first)
     def scan(split: str) -> ImageFolder:
         return ImageFolder.scan(root / split, class_names, skip_bad=skip_bad_images)
 

@@ -59,7 +59,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))  # a file name's own bytes
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
@@ -152,7 +152,7 @@ def listing_sha256(files: Any) -> str:
     """Hash of a data listing: each file's path and size (not its pixels: cheap on large datasets)."""
     digest = hashlib.sha256()
     for file in sorted(str(f) for f in files):
-        digest.update(f"{file}\0{os.path.getsize(file)}\n".encode())
+        digest.update(f"{file}\0{os.path.getsize(file)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
