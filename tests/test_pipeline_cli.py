@@ -164,3 +164,16 @@ def test_cli_verify_of_a_run_folder_uses_the_gate_the_run_was_checked_with(tiny_
     assert f"<= {recorded['max_top1_drop']:g} pts" in capsys.readouterr().out
     main(["verify", str(tiny_run.run_dir), "--max-top1-drop", "0.25"])  # a flag still wins
     assert "<= 0.25 pts" in capsys.readouterr().out
+
+
+def test_every_file_of_a_run_folder_has_the_usual_permissions(tiny_run):
+    """Run folders are shared, served and copied into images: files get what open() gives under the process umask
+    (typically 0644) and folders 0755, not the 0600 / 0700 of the temporary files they are staged in."""
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {str(p.relative_to(tiny_run.run_dir)): p.stat().st_mode & 0o777 for p in tiny_run.run_dir.rglob("*")}
+    expected = {name: (0o777 if (tiny_run.run_dir / name).is_dir() else 0o666) & ~umask for name in modes}
+    assert len(modes) > 8 and modes == expected
+    assert tiny_run.run_dir.stat().st_mode & 0o777 == 0o777 & ~umask

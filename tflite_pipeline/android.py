@@ -16,6 +16,7 @@ lacks is named, not only the first. Nothing is written unless every check passes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from PIL import Image
 from .data import ImageFolder, PreprocessSpec, read_labels
 from .errors import CompatibilityError, DataError, DependencyError
 from .inspect import TensorInfo, inspect_tflite, op_name, read_flatbuffer
-from .runfolder import atomic_write_bytes, atomic_write_json, remove_stale, temporary_dir
+from .runfolder import atomic_write_bytes, atomic_write_json, missing_folders, remove_stale, temporary_dir
 from .verify import QUANTIZATION_FORMULA, dequantize, quantize
 
 CONFIG_FORMAT = "tflite_pipeline.model_config/1"
@@ -469,6 +470,7 @@ def _publish(app: Path, paths: Sequence[Path], labels: Sequence[str], config: di
     golden_dir = app / GOLDEN_DIR
     written: list[Path] = []
     staging: Path | None = None
+    created = missing_folders(assets / MODELS_DIR) + missing_folders(golden_dir.parent)  # innermost first
     try:
         for path in paths:
             written.append(atomic_write_bytes(assets / MODELS_DIR / path.name, path.read_bytes()))
@@ -484,6 +486,9 @@ def _publish(app: Path, paths: Sequence[Path], labels: Sequence[str], config: di
                 file.unlink(missing_ok=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):  # only while empty
+                folder.rmdir()
         raise
     atomic_write_bytes(assets / "labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))
     retired = golden_dir.with_name(f".golden-old-{os.getpid()}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import PipelineError
+from . import progress
+from .errors import Interrupted, PipelineError
 from .recipe import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS, load_recipe, parse_override
 
 
@@ -299,7 +301,7 @@ def _cmd_export_android(args: argparse.Namespace) -> int:
     from .runfolder import atomic_write_json
 
     result = export_android(args.run_dir, args.app, models=args.models, images=args.images, golden_count=args.golden,
-                            legacy_python=_legacy(args), log=lambda line: print(line, file=sys.stderr))
+                            legacy_python=_legacy(args), log=progress.log)
     print(result.format())
     if args.json_out:
         atomic_write_json(args.json_out, [report.to_dict() for report in result.compatibility])
@@ -334,17 +336,46 @@ _COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "i
              "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
 
 
+_RESUME = {"run": "run the same command again: finished training stages are loaded from the cache",
+           "convert": "run the same command again", "export-android": "run the export again; the app keeps the "
+           "models of the last complete export"}
+
+
+def _stop_on_sigterm(signal_number: int, frame: object) -> None:
+    raise Interrupted(signal_number, "SIGTERM")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code instead of exiting (testable in process)."""
+    """Run the CLI; returns the process exit code instead of exiting (testable in process).
+
+    Ctrl-C (SIGINT) and SIGTERM stop the command through the same cleanup (nothing partial is left: run
+    folders, the stage cache and the app's assets are staged and renamed), print one line saying what was
+    stopped and how to resume, and return 130 / 143."""
     args = build_parser().parse_args(argv)
+    progress.reset()
+    previous = _install(signal.SIGTERM, _stop_on_sigterm)
     try:
         return _COMMANDS[args.command](args)
     except PipelineError as error:
         print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; no partial run folder was published", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        name, code = (stop.name, stop.exit_code) if isinstance(stop, Interrupted) else ("Ctrl-C (SIGINT)", 130)
+        step = progress.current_step()
+        print(f"stopped by {name} during {f'[{step}]' if step else args.command}; nothing partial was written. To "
+              f"resume, {_RESUME.get(args.command, 'run the command again')}.", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            _install(signal.SIGTERM, previous)
+
+
+def _install(signal_number: int, handler):
+    """Set a signal handler; None (nothing set) outside the main thread, where Python cannot."""
+    try:
+        return signal.signal(signal_number, handler)
+    except ValueError:
+        return None
 
 
 def entry_point() -> None:

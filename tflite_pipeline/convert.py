@@ -205,12 +205,16 @@ class IsolatedConverter:
     def __enter__(self) -> "IsolatedConverter":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(stop=kind is not None)
 
-    def close(self) -> None:
+    def close(self, *, stop: bool = False) -> None:
+        """Shut the child down: after its conversion, or at once with `stop` (Ctrl-C, SIGTERM, an error)."""
         if self._pool is not None:
-            self._pool.shutdown()
+            if stop:
+                for process in list((self._pool._processes or {}).values()):  # noqa: SLF001 - no public handle
+                    process.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=stop)
             self._pool = None
 
     def convert(self, model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,

@@ -80,3 +80,18 @@ class OptionalStepError(PipelineError):
     step that fails with one of the errors above exits with that error's code instead."""
 
     exit_code = 12
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a command. A KeyboardInterrupt, so every `finally` and staging-folder
+    cleanup runs as for Ctrl-C; not a `PipelineError` (nothing is wrong with the input). The CLI exits with the
+    shell's convention, 128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, signal_number: int, name: str) -> None:
+        super().__init__(name)
+        self.signal_number = signal_number
+        self.name = name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tf_keras as keras
 
-from . import env
+from . import env, progress
 from .convert import IsolatedConverter, RepresentativeDataset, convert_variant, representative_dataset
 from .data import DatasetSplits, ImageFolder, PreprocessSpec, bundled_data_root, open_splits, read_labels
 from .errors import DataError, ModelError, OptionalStepError, OutputError, PipelineError
@@ -47,8 +47,7 @@ Log = Callable[[str], None]
 KERAS_FILE_SUFFIX = "_float.keras"
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+_stderr = progress.log
 
 
 @dataclass(frozen=True)
@@ -159,6 +158,7 @@ def train_stages(recipe: Recipe, *, cache: StageCache, seconds: dict[str, float]
     t0 = time.perf_counter()
     training = recipe.train.epochs > 0
     d = recipe.data
+    log(f"[data] listing {data_root(recipe)}")
     splits = open_splits(data_root(recipe), train=d.train, validation=d.validation, calibration=d.calibration,
                          labels=d.labels, need_train=training or recipe.optimizes, skip_bad_images=d.skip_bad_images)
     log(f"[data] {splits.root}: {len(splits.class_names)} classes, " +
