@@ -39,8 +39,9 @@ demo: setup
 	$(BIN)/tflite-pipeline run --recipe default --run-name demo --overwrite
 	$(BIN)/tflite-pipeline export-android models/demo
 
+# two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

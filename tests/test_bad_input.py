@@ -600,7 +600,8 @@ def matrix_table() -> str:
                      f"`{case.message}` |")
     start = len(CASES) + 1
     lines.append(f"| {start} | a .tflite with 1-8 random bytes flipped (40 copies; inspect, verify, check-runtime) | "
-                 "success or TFLiteFileError / ModelError / ParityError / CompatibilityError | 0 / 8 / 6 / 9 / 11 | never a crash, "
+                 "success or TFLiteFileError / ModelError / ParityError / CompatibilityError | 0 / 8 / 6 / 9 / 11 | "
+                 "never a crash, "
                  "a traceback or a hang |")
     for number, (description, _, _) in enumerate(ACCEPTED.values(), start + 1):
         lines.append(f"| {number} | {description} | accepted | 0 | the run counts every image |")

@@ -177,9 +177,9 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
         if safe_mode and ("Lambda" in str(error) or "safe_mode" in str(error)):
             raise ModelError(f"{str(path)!r} contains a Lambda layer. {UNSAFE_HINT}") from None
         words = " ".join(str(error).split())[:500]
-        raise ModelError(f"Cannot load Keras model {str(path)!r} ({type(error).__name__}: {words}): the file is damaged "
-                         "or was written by an incompatible Keras; save the model again from where it was trained."
-                         ) from None
+        raise ModelError(f"Cannot load Keras model {str(path)!r} ({type(error).__name__}: {words}): the file is "
+                         "damaged or was written by an incompatible Keras; save the model again from where it was "
+                         "trained.") from None
     if not is_keras_model(model):
         raise ModelError(f"{str(path)!r} is a plain TensorFlow SavedModel, not a Keras model; save it with "
                          "Keras (`model.save(...)`) so it can be fine-tuned and verified.")

@@ -122,6 +122,10 @@ class RunReport:
     def next_steps(self) -> list[str]:
         """What to try when an int8 model missed the gate: recipes that fix it and the float fallback."""
         failed = [row for row in self.parity.rows if not row.passed]
+        if self.parity.keras_failures:  # the float model itself is off: fix its inputs before any recipe
+            return [f"The float model fails the gate itself ({'; '.join(self.parity.keras_failures)}). Check "
+                    "labels.txt (one class per line, in the model's output order) and the preprocessing "
+                    f"(`{self.preprocessing.get('formula')}`; --normalization sets the range it was trained on)."]
         if not failed:
             return []
         source = self.recipe.get("model", {}).get("source", "mobilenet_v2")
