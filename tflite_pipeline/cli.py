@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keras", help="the float Keras model (taken from the run folder when omitted)")
     p.add_argument("--data", help="image folder (DIR/<class>/* or DIR/validation/<class>/*); default: the "
                                   "validation folder recorded in the run folder's report")
-    p.add_argument("--labels", help="labels.txt giving the class order")
+    p.add_argument("--labels", help="labels.txt giving the class order (default: the run folder's, else "
+                                    "DATA/labels.txt, else sorted folder names)")
     p.add_argument("--preprocessing", help="preprocessing.json written by a run")
     p.add_argument("--reference", metavar="METRICS.json",
                    help="reference metrics the float model and each .tflite must reproduce within their tolerance "

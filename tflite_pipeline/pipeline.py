@@ -675,15 +675,17 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
                  sources: Mapping[str, tuple[str, keras.Model]] | None = None, safe_mode: bool = True,
                  expected: Mapping[str, Expected] | None = None, log: Log = _stderr) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
-    it has one); `expected` top-1s (reference metrics, or what the run measured) are gated too. Returns the
+    it has one; class order from `labels`, else the folder's labels.txt, else sorted folder names); `expected` top-1s (reference metrics, or what the run measured) are gated too. Returns the
     report; call `.check()` to gate."""
     model = load_model(keras_path, safe_mode=safe_mode)
     shape = image_input_shape(model)
     spec = preprocessing or PreprocessSpec.from_config(preprocess, shape)
     if spec.input_shape != shape:
         raise ModelError(f"The preprocessing spec gives input {spec.input_shape} but the model takes {shape}.")
-    class_names = read_labels(labels) if labels is not None else None
     root = Path(data_dir)
+    if labels is None and (root / "labels.txt").is_file():  # as `open_splits` reads a dataset root
+        labels = root / "labels.txt"
+    class_names = read_labels(labels) if labels is not None else None
     folder = ImageFolder.scan(root / "validation", class_names) if (root / "validation").is_dir() else \
         ImageFolder.scan(root, class_names)
     return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, expected=expected, log=log)
