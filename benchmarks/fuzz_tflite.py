@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,12 +58,18 @@ def main() -> None:
     parser.add_argument("--keras")
     parser.add_argument("--data")
     parser.add_argument("--figures-only", action="store_true", help="only rewrite the Markdown from the JSON")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run each bad copy (kept in benchmarks/results/fuzz/) through its command once more and "
+                             "record the outcome beside the first one (e.g. a timeout of a process that was suspended)")
     parser.add_argument("--copies", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    if args.figures_only:
+    if args.figures_only or args.recheck:
         result = json.loads(RESULTS.read_text())
+        if args.recheck:
+            result["rechecked"] = [recheck(entry, args) for entry in result["bad"]]
+            RESULTS.write_text(json.dumps(result, indent=2))
         if "cpu" not in result:  # written by an earlier version of this script, in this session on this machine
             from tflite_pipeline.bench import cpu_description
             from tflite_pipeline.env import run_versions
@@ -105,6 +112,16 @@ def main() -> None:
     print(write_figures(result))
 
 
+def recheck(entry: dict, args: argparse.Namespace) -> dict:
+    path = RESULTS.parent / "fuzz" / f"copy{entry['copy']}.tflite"
+    command = {"inspect": [CLI, "inspect", str(path)],
+               "verify": [CLI, "verify", str(path), "--keras", str(args.keras), "--data", str(args.data)],
+               "check-runtime": [CLI, "check-runtime", str(path), "--no-legacy-check"]}[entry["command"]]
+    started = time.perf_counter()
+    again = outcome(command, args.timeout)
+    return {**entry, "again": again, "seconds": round(time.perf_counter() - started, 1)}
+
+
 def write_figures(result: dict) -> str:
     lines = [f"# Byte-flip fuzzing of `.tflite` readers ({result['date'][:10]})", "",
              f"{result['copies']} copies of `{Path(result['model']).name}`, each with 1-8 random bytes flipped (seed "
@@ -113,7 +130,10 @@ def write_figures(result: dict) -> str:
              "", "| command | outcome | copies |", "|---|---|---:|"]
     for name, counter in result["counts"].items():
         lines += [f"| {name} | {outcome} | {n} |" for outcome, n in sorted(counter.items())]
-    lines += ["", f"Crashes (a signal), hangs, tracebacks or untyped exits: **{len(result['bad'])}**.", "",
+    lines += ["", f"Crashes (a signal), hangs, tracebacks or untyped exits: **{len(result['bad'])}**."]
+    lines += [f"- copy {r['copy']} `{r['command']}`: {r['result']}; run again (`--recheck`): {r['again']} in "
+              f"{r['seconds']} s" for r in result.get("rechecked", ())]
+    lines += ["",
               "Reproduce: `.venv/bin/python benchmarks/fuzz_tflite.py MODEL.tflite --keras MODEL.keras --data DIR "
               "--copies 200` (here: the reference CNN's int8 model, 5 validation images per class)."]
     text = "\n".join(lines) + "\n"
