@@ -77,7 +77,7 @@ def train() -> None:
     with tempfile.TemporaryDirectory() as work:
         trained.save(Path(work) / MODEL.name)
         atomic_write_bytes(MODEL, (Path(work) / MODEL.name).read_bytes())
-    print(f"wrote {MODEL.relative_to(REPO)} ({MODEL.stat().st_size:,} bytes)")
+    print(f"wrote {MODEL} ({MODEL.stat().st_size:,} bytes)")
 
 
 def measure() -> dict:
