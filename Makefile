@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
 #   make demo   set up, train + convert + verify on the bundled dataset -> models/demo/, export to android_demo/
-#   make test   set up and run the test suite (what CI runs)
+#   make test   set up and run the test suite (what CI runs); make test-fast: the tests that build no model
 # Setup makes three things: .venv (the package), .venv-tflite2.14 (an older TFLite runtime that exported models
 # must load in; it needs numpy 1.x, hence its own venv) and, through apt when missing, the Kotlin 1.3 compiler,
 # JUnit 4 and Android's org.json that run the app's pure-Kotlin logic on the JVM.
@@ -12,7 +12,7 @@ LEGACY := .venv-tflite2.14
 LEGACY_STAMP := $(LEGACY)/.installed
 JVM_JARS := /usr/share/java/junit4.jar /usr/share/java/hamcrest-core.jar /usr/share/java/json-android.jar
 
-.PHONY: setup legacy-runtime jvm-tools demo test test-slow clean
+.PHONY: setup legacy-runtime jvm-tools demo test test-fast test-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ demo: setup
 # two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m fast
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

@@ -423,6 +423,7 @@ def test_bad_input_gets_its_typed_error_and_exit_code_and_writes_nothing(name, w
     assert snapshot(workspace.root) == before
 
 
+@pytest.mark.fast
 def test_exit_codes_are_distinct_per_error_family():
     families = [tp.DependencyError, tp.RecipeError, tp.DataError, tp.ModelError, tp.ConversionError,
                 tp.TFLiteFileError, tp.ParityError, tp.OutputError, tp.CompatibilityError, tp.OptionalStepError]

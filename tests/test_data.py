@@ -5,6 +5,8 @@ from PIL import Image
 import tflite_pipeline as tp
 from tflite_pipeline.data import PreprocessSpec, open_splits
 
+pytestmark = pytest.mark.fast  # `make test-fast`: no model is built here
+
 
 def write(path, array, mode=None, **save_args):
     path.parent.mkdir(parents=True, exist_ok=True)

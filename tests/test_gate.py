@@ -123,6 +123,7 @@ def test_the_reference_file_catches_a_model_that_agrees_with_a_wrong_float_model
     assert re.search(r"float Keras: its top-1 .* is not the 87\.\d+% ± 0\.2 pts of reference", capsys.readouterr().err)
 
 
+@pytest.mark.fast
 def test_a_collapsed_model_is_not_mistaken_for_a_wrong_class_order():
     from tflite_pipeline.verify import class_order_problem
 

@@ -129,6 +129,7 @@ def test_clustering_leaves_at_most_n_distinct_weights(small_model, train_folder)
     assert any("quant" in layer.name for layer in cqat.layers)
 
 
+@pytest.mark.fast
 def test_distillation_loss_reduces_to_cross_entropy_and_zero_kl():
     probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = tf.one_hot([0, 2], 3)
@@ -157,6 +158,7 @@ def test_a_wrapped_model_keeps_the_parameters_and_the_softmax_of_the_model_it_wr
     assert outputs_probabilities(small_model) and outputs_probabilities(wrapped)
 
 
+@pytest.mark.fast
 def test_a_teacher_that_outputs_logits_hands_probabilities_to_the_loss():
     inputs = keras.Input((4,))
     logits_teacher = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="ones")(inputs))

@@ -5,6 +5,8 @@ import pytest
 import tflite_pipeline as tp
 from tflite_pipeline.recipe import parse_override
 
+pytestmark = pytest.mark.fast  # `make test-fast`: no model is built here
+
 
 def test_default_recipe_loads_by_name_and_is_frozen():
     recipe = tp.load_recipe("default")
