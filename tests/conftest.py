@@ -52,6 +52,13 @@ def save_small_cnn(path: Path, classes: int = 10, size: int = 32) -> Path:
     return path
 
 
+def data_and_cnn(root: Path, per_class: dict[str, int]) -> Path:
+    """`root/data` (the first N bundled images per class and split) and `root/cnn.keras` (`save_small_cnn`)."""
+    copy_tiny_dataset(root / "data", per_class)
+    save_small_cnn(root / "cnn.keras")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return copy_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tflite_pipeline as tp  # noqa: E402
 from tflite_pipeline.cli import main  # noqa: E402
 
-from conftest import copy_tiny_dataset, save_small_cnn  # noqa: E402
+from conftest import data_and_cnn, save_small_cnn  # noqa: E402
 
 
 @dataclass
@@ -389,10 +389,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def good_inputs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("good")
-    copy_tiny_dataset(root / "data", {"train": 2, "validation": 2, "calibration": 1})
-    save_small_cnn(root / "cnn.keras")
-    return root
+    return data_and_cnn(tmp_path_factory.mktemp("good"), {"train": 2, "validation": 2, "calibration": 1})
 
 
 @pytest.fixture

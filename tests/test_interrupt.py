@@ -20,17 +20,14 @@ import pytest
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import Interrupted
 
-from conftest import CLI, copy_tiny_dataset, save_small_cnn
+from conftest import CLI, data_and_cnn
 
 STOPPED = r"stopped by {name} during \[{step}\]; nothing partial was written\. To resume, "
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("interrupt")
-    copy_tiny_dataset(root / "data", {"train": 20, "validation": 5, "calibration": 3})
-    save_small_cnn(root / "cnn.keras")
-    return root
+    return data_and_cnn(tmp_path_factory.mktemp("interrupt"), {"train": 20, "validation": 5, "calibration": 3})
 
 
 def _wide_copy(inputs: Path, target: Path) -> Path:
