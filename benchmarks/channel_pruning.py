@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import tflite_pipeline as tp
-from tflite_pipeline.bench import bench_models, cpu_description
-from tflite_pipeline.runfolder import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tflite_pipeline.tflite.bench import bench_models, cpu_description
 
 
 def _log(line: str) -> None:
@@ -38,7 +38,7 @@ def _log(line: str) -> None:
 
 def _calibration_batches(spec: "tp.PreprocessSpec", count: int, batch: int = 16):
     """The first `count` bundled calibration images (seeded subset) preprocessed for `spec`, in batches."""
-    from tflite_pipeline.data import bundled_data_root, open_splits
+    from tflite_pipeline.data.folders import bundled_data_root, open_splits
 
     folder = open_splits(bundled_data_root()).calibration.subset(count, seed=0)
     return folder, [images for images, _ in folder.batches(spec, batch)]
@@ -46,10 +46,10 @@ def _calibration_batches(spec: "tp.PreprocessSpec", count: int, batch: int = 16)
 
 def phone_size_latency(out: Path, *, mac_budget: float, runs: int, calibration: int) -> dict:
     """Part 1: MobileNetV2 1.0 @ 224 unpruned vs thinned, float32 and int8, timed side by side."""
-    from tflite_pipeline.channels import describe, prune_channels
-    from tflite_pipeline.convert import IsolatedConverter, representative_dataset
-    from tflite_pipeline.models import build_mobilenet_v2
-    from tflite_pipeline.recipe import ChannelsConfig
+    from tflite_pipeline.config.sections import ChannelsConfig
+    from tflite_pipeline.model.build import build_mobilenet_v2
+    from tflite_pipeline.optimize.channels import describe, prune_channels
+    from tflite_pipeline.tflite.convert import IsolatedConverter, representative_dataset
 
     spec = tp.PreprocessSpec(224, 224)
     folder, batches = _calibration_batches(spec, calibration)

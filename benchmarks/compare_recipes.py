@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import tflite_pipeline as tp
-from tflite_pipeline.bench import bench_models, cpu_description
+from tflite_pipeline.tflite.bench import bench_models, cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency as phone_size  # noqa: E402 - benchmarks/latency.py, next to this script

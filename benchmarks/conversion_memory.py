@@ -41,8 +41,9 @@ def resident_mib() -> float:
 def measure(mode: str, conversions: int, per_child: int) -> dict:
     """In this process: convert `conversions` times in `mode` (in-process | isolated); memory after each."""
     import tflite_pipeline as tp
-    from tflite_pipeline.convert import IsolatedConverter, convert_variant, representative_dataset
-    from tflite_pipeline.data import ImageFolder, PreprocessSpec
+    from tflite_pipeline.data.folders import ImageFolder
+    from tflite_pipeline.data.preprocess import PreprocessSpec
+    from tflite_pipeline.tflite.convert import IsolatedConverter, convert_variant, representative_dataset
 
     model = tp.load_model(DEMO_MODEL) if DEMO_MODEL.is_file() else \
         tp.build_mobilenet_v2(10, 64, alpha=0.35, seed=0)

@@ -71,8 +71,8 @@ def main() -> None:
             result["rechecked"] = [recheck(entry, args) for entry in result["bad"]]
             RESULTS.write_text(json.dumps(result, indent=2))
         if "cpu" not in result:  # written by an earlier version of this script, in this session on this machine
-            from tflite_pipeline.bench import cpu_description
             from tflite_pipeline.env import run_versions
+            from tflite_pipeline.tflite.bench import cpu_description
 
             result.update(cpu=cpu_description(), versions=run_versions())
         print(write_figures(result))
@@ -100,8 +100,8 @@ def main() -> None:
             if (number + 1) % 20 == 0:
                 print(f"{number + 1}/{args.copies} copies: " + "; ".join(
                     f"{k} {dict(v)}" for k, v in counts.items()), file=sys.stderr, flush=True)
-    from tflite_pipeline.bench import cpu_description
     from tflite_pipeline.env import run_versions
+    from tflite_pipeline.tflite.bench import cpu_description
 
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": Path(args.model).name,
               "size_bytes": len(data), "copies": args.copies, "seed": args.seed,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import tflite_pipeline as tp  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tflite_pipeline.bench import bench_models, bench_report, cpu_description, format_table
-from tflite_pipeline.runfolder import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tflite_pipeline.tflite.bench import bench_models, bench_report, cpu_description, format_table
 
 
 def _log(line: str) -> None:
@@ -45,8 +45,8 @@ def convert_pair(out: Path, *, alpha: float, size: int, classes: int, calibratio
     if float32.is_file() and int8.is_file() and not rebuild:
         _log(f"[latency] reusing {float32} and {int8} (pass --rebuild to convert again)")
         return float32, int8
-    from tflite_pipeline.convert import convert_float32, convert_int8
-    from tflite_pipeline.models import build_mobilenet_v2
+    from tflite_pipeline.model.build import build_mobilenet_v2
+    from tflite_pipeline.tflite.convert import convert_float32, convert_int8
 
     started = time.perf_counter()
     model = build_mobilenet_v2(classes, size, alpha=alpha, weights=None, seed=0)

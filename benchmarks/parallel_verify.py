@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from verify_throughput import REPO, load_images  # noqa: E402
 
-from tflite_pipeline.bench import cpu_description  # noqa: E402
-from tflite_pipeline.data import PreprocessSpec  # noqa: E402
-from tflite_pipeline.verify import LiteRTClassifier  # noqa: E402
+from tflite_pipeline.data.preprocess import PreprocessSpec  # noqa: E402
+from tflite_pipeline.tflite.bench import cpu_description  # noqa: E402
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier  # noqa: E402
 
 
 def main() -> int:

@@ -82,8 +82,8 @@ def main() -> None:
                         help="run nothing: read the run folders in OUT again, verify them again, write the figures")
     args = parser.parse_args()
 
-    from tflite_pipeline.bench import cpu_description
     from tflite_pipeline.env import run_versions
+    from tflite_pipeline.tflite.bench import cpu_description
 
     data = str(REPO / "representative_data")
     store = Path(args.out) / "results.json"   # results accumulate over invocations (e.g. one model at a time)

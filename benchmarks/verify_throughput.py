@@ -38,10 +38,11 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 import tflite_pipeline as tp
-from tflite_pipeline.bench import cpu_description
-from tflite_pipeline.data import ImageFolder, PreprocessSpec, read_labels
-from tflite_pipeline.runfolder import atomic_write_json
-from tflite_pipeline.verify import LiteRTClassifier, dequantize, quantize
+from tflite_pipeline.data.folders import ImageFolder, read_labels
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.files import atomic_write_json
+from tflite_pipeline.tflite.bench import cpu_description
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier, dequantize, quantize
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

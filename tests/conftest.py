@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import tflite_pipeline as tp
+from tflite_pipeline.model.load import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("tflite-pipeline"))
@@ -85,14 +86,14 @@ def tiny_run(tiny_recipe, tmp_path_factory) -> "tp.RunResult":
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-    return tp.load_model(tiny_run.run_dir / "mobilenet_v2_float.keras")
+    return load_model(tiny_run.run_dir / "mobilenet_v2_float.keras")
 
 
 @pytest.fixture(scope="session")
 def small_model():
     """The reference CNN (stem, an inverted-residual block with its skip, depthwise and pointwise convolutions, BN,
     ReLU6, softmax): MobileNetV2's layer types in 20 layers, so tfmot's wrappers build in seconds."""
-    return tp.load_model(REFERENCE_MODEL)
+    return load_model(REFERENCE_MODEL)
 
 
 @pytest.fixture(scope="session")

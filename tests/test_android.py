@@ -20,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tflite_pipeline.android import (ASSETS_DIR, GOLDEN_DIR, check_compatibility, export_android, find_legacy_python,
-                                     pack_model)
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
-from tflite_pipeline.inspect import read_flatbuffer
-
-from tflite_pipeline.android import DEFAULT_APP_DIR as APP
-
+from tflite_pipeline.export.android import (
+    ASSETS_DIR,
+    GOLDEN_DIR,
+    check_compatibility,
+    export_android,
+    find_legacy_python,
+    pack_model,
+)
+from tflite_pipeline.export.android import DEFAULT_APP_DIR as APP
+from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
 KOTLIN = APP / "app" / "src"
 CORE = KOTLIN / "main" / "java" / "dev" / "tflitepipeline" / "demo" / "core"
@@ -234,7 +238,7 @@ def test_every_asset_name_the_kotlin_code_uses_is_exported(exported):
 
 def test_golden_pixels_are_the_pixels_the_parity_gate_evaluated(exported, tiny_run):
     """Same decode and resize as verification, so the app's golden check covers the verified path."""
-    from tflite_pipeline.data import PreprocessSpec
+    from tflite_pipeline.data.preprocess import PreprocessSpec
 
     spec = PreprocessSpec.read_json(tiny_run.run_dir / "preprocessing.json")
     root = Path(json.loads((tiny_run.run_dir / "report.json").read_text())["data"]["root"]) / "validation"
@@ -245,8 +249,8 @@ def test_golden_pixels_are_the_pixels_the_parity_gate_evaluated(exported, tiny_r
 
 def test_the_dynamic_range_variant_loads_in_tflite_2_14(tiny_model, legacy_python, tmp_path):
     """TF 2.21's default dynamic-range output (per-channel FULLY_CONNECTED v12) needs TFLite 2.17."""
-    from tflite_pipeline.convert import convert_dynamic_range
-    from tflite_pipeline.inspect import inspect_tflite
+    from tflite_pipeline.tflite.convert import convert_dynamic_range
+    from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
     path = tmp_path / "tiny_dynamic.tflite"
     path.write_bytes(convert_dynamic_range(tiny_model))

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import data_and_cnn, save_small_cnn  # noqa: E402
+
 import tflite_pipeline as tp  # noqa: E402
 from tflite_pipeline.cli import main  # noqa: E402
-
-from conftest import data_and_cnn, save_small_cnn  # noqa: E402
+from tflite_pipeline.model.load import load_model
 
 
 @dataclass
@@ -208,13 +209,13 @@ def _disk_full_over_an_earlier_run(ws: Workspace) -> list[str]:
 def _no_space(monkeypatch: pytest.MonkeyPatch) -> None:
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr("tflite_pipeline.runfolder.os.fsync", full)
+    monkeypatch.setattr("tflite_pipeline.files.os.fsync", full)
 
 
 def _tiny_tflite(ws: Workspace) -> bytes:
-    from tflite_pipeline.convert import convert_float32
+    from tflite_pipeline.tflite.convert import convert_float32
 
-    return convert_float32(tp.load_model(ws.model))
+    return convert_float32(load_model(ws.model))
 
 
 # --- inputs from other systems and hostile sources ----------------------------------------------------------

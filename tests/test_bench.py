@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 
 import tflite_pipeline as tp
-from tflite_pipeline.bench import (bench_models, cpu_description, format_table, measure_latency,
-                                   measure_peak_memory, ratio_sentence)
 from tflite_pipeline.cli import main
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite.bench import (
+    bench_models,
+    cpu_description,
+    format_table,
+    measure_latency,
+    measure_peak_memory,
+    ratio_sentence,
+)
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier
 
 FAST = {"runs": 3, "warmup": 1}
 
@@ -142,12 +151,12 @@ def test_cli_bench_of_a_non_tflite_file_exits_with_its_code(tiny_files, tmp_path
 
 def test_parallel_interpreters_score_like_one(tiny_run, tiny_data):
     # LiteRTClassifier runs num_threads single-threaded interpreters on separate chunks (for throughput)
-    spec = tp.PreprocessSpec(32, 32)
-    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 50))
+    spec = PreprocessSpec(32, 32)
+    images, _ = next(ImageFolder.scan(tiny_data / "validation").batches(spec, 50))
     for variant in ("float32", "int8"):
-        one = tp.LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=1).predict(images)
+        one = LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=1).predict(images)
         for threads, batch in ((2, 64), (3, 7)):
-            many = tp.LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=threads, batch_size=batch)
+            many = LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=threads, batch_size=batch)
             np.testing.assert_array_equal(many.predict(images), one)
             np.testing.assert_array_equal(many.predict(images[:1]), one[:1])
         assert many.predict(images[:0]).shape == (0, 10)

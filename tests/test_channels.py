@@ -7,12 +7,20 @@ import pytest
 import tf_keras as keras
 
 import tflite_pipeline as tp
-from tflite_pipeline.channels import (ChannelGraph, apply_plan, channel_importance, kept_count, model_macs,
-                                      plan_channels, prune_channels)
-from tflite_pipeline.convert import convert_float32
-from tflite_pipeline.inspect import inspect_tflite
-from tflite_pipeline.models import build_mobilenet_v2, copy_model
-from tflite_pipeline.recipe import ChannelsConfig
+from tflite_pipeline.config.sections import ChannelsConfig
+from tflite_pipeline.model.build import build_mobilenet_v2
+from tflite_pipeline.model.files import copy_model
+from tflite_pipeline.optimize.channels import (
+    ChannelGraph,
+    apply_plan,
+    channel_importance,
+    kept_count,
+    model_macs,
+    plan_channels,
+    prune_channels,
+)
+from tflite_pipeline.tflite.convert import convert_float32
+from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
 IMAGES = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
 EXACT = {"multiple": 1, "min_channels": 1}  # no SIMD rounding: the ratio is applied as given

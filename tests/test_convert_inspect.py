@@ -6,7 +6,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tflite_pipeline as tp
-from tflite_pipeline.convert import representative_dataset
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite.convert import convert_int8, representative_dataset
 
 
 def test_int8_model_is_strict_full_integer(tiny_run):
@@ -29,7 +31,8 @@ def test_float32_model_computes_in_float(tiny_run):
 
 def test_int8_weights_are_per_channel(tiny_run):
     from ai_edge_litert import schema_py_generated as schema
-    from tflite_pipeline.inspect import read_flatbuffer
+
+    from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
     _, model = read_flatbuffer(tiny_run.tflite_path("int8"))
     conv = schema.BuiltinOperator.CONV_2D
@@ -62,9 +65,9 @@ def test_macs_read_from_the_flatbuffer_match_the_keras_layers(tiny_run, tiny_mod
 
 
 def test_uint8_io_is_selectable(tiny_model, tiny_data):
-    spec = tp.PreprocessSpec(32, 32)
-    folder = tp.ImageFolder.scan(tiny_data / "calibration")
-    data = tp.convert_int8(tiny_model, representative_dataset(folder, spec, 30), io_dtype="uint8")
+    spec = PreprocessSpec(32, 32)
+    folder = ImageFolder.scan(tiny_data / "calibration")
+    data = convert_int8(tiny_model, representative_dataset(folder, spec, 30), io_dtype="uint8")
     info = tp.inspect_tflite(data)
     assert info.inputs[0].dtype == info.outputs[0].dtype == "uint8" and info.is_full_integer
     assert 126 <= info.inputs[0].zero_point <= 129
@@ -79,18 +82,18 @@ def test_op_without_int8_kernel_fails_naming_the_op():
     rng = np.random.default_rng(0)
     representative = lambda: ([rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)] for _ in range(10))  # noqa: E731
     with pytest.raises(tp.ConversionError, match=r"would leave ops in float: SIN #\d+ \(.*sine.*\)"):
-        tp.convert_int8(model, representative)
+        convert_int8(model, representative)
 
 
 def test_too_few_calibration_images_is_a_data_error(tiny_data):
-    folder = tp.ImageFolder.scan(tiny_data / "calibration").subset(5)
+    folder = ImageFolder.scan(tiny_data / "calibration").subset(5)
     with pytest.raises(tp.DataError, match=r"has 5 images; full-integer calibration needs at least 10"):
-        representative_dataset(folder, tp.PreprocessSpec(32, 32), 300)
+        representative_dataset(folder, PreprocessSpec(32, 32), 300)
 
 
 def test_representative_data_uses_the_exact_preprocessing(tiny_data):
-    spec = tp.PreprocessSpec(32, 32, normalization="zero_to_one")
-    folder = tp.ImageFolder.scan(tiny_data / "calibration")
+    spec = PreprocessSpec(32, 32, normalization="zero_to_one")
+    folder = ImageFolder.scan(tiny_data / "calibration")
     first = next(iter(representative_dataset(folder, spec, 12)()))[0]
     assert first.shape == (1, 32, 32, 3) and first.min() >= 0.0 and first.max() <= 1.0
     np.testing.assert_array_equal(first[0], spec.load(folder.subset(12).files[0]))

@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 import tflite_pipeline as tp
-from tflite_pipeline.data import PreprocessSpec, open_splits
+from tflite_pipeline.data.folders import ImageFolder, open_splits, read_labels
+from tflite_pipeline.data.preprocess import PreprocessSpec
 
 pytestmark = pytest.mark.fast  # `make test-fast`: no model is built here
 
@@ -55,8 +56,8 @@ def test_any_image_mode_loads_as_rgb_at_model_size(tmp_path, mode, suffix):
 
 def test_class_order_comes_from_labels_txt_else_sorted_folders(tmp_path):
     root = make_folder(tmp_path / "d", classes=("zebra", "apple"))
-    assert tp.ImageFolder.scan(root).class_names == ("apple", "zebra")
-    folder = tp.ImageFolder.scan(root, ["zebra", "apple"])
+    assert ImageFolder.scan(root).class_names == ("apple", "zebra")
+    folder = ImageFolder.scan(root, ["zebra", "apple"])
     assert folder.class_names == ("zebra", "apple")
     assert folder.labels == (0, 0, 1, 1) and "zebra" in folder.files[0]
 
@@ -71,7 +72,7 @@ def test_flat_folder_serves_validation_and_calibration(tmp_path):
 
 def test_dataset_streams_preprocessed_batches_in_file_order(tmp_path):
     root = make_folder(tmp_path / "d", per_class=3)
-    folder = tp.ImageFolder.scan(root)
+    folder = ImageFolder.scan(root)
     spec = PreprocessSpec(4, 4, normalization="zero_to_one")
     batches = list(folder.batches(spec, batch_size=4))
     assert [len(labels) for _, labels in batches] == [4, 2]
@@ -90,41 +91,41 @@ def test_spec_round_trips_through_json(tmp_path):
 
 def test_missing_data_folder(tmp_path):
     with pytest.raises(tp.DataError, match=r"does not exist"):
-        tp.ImageFolder.scan(tmp_path / "nowhere")
+        ImageFolder.scan(tmp_path / "nowhere")
 
 
 def test_empty_data_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(tp.DataError, match=r"has no class sub-folders"):
-        tp.ImageFolder.scan(tmp_path / "empty")
+        ImageFolder.scan(tmp_path / "empty")
 
 
 def test_class_folder_without_images(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "c").mkdir()
     with pytest.raises(tp.DataError, match=r"Class folder '.*/c' has no images"):
-        tp.ImageFolder.scan(root)
+        ImageFolder.scan(root)
 
 
 def test_file_that_is_not_an_image(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "a" / "notes.txt").write_text("hello")
     with pytest.raises(tp.DataError, match=r"not images: \['notes.txt'\]"):
-        tp.ImageFolder.scan(root)
+        ImageFolder.scan(root)
 
 
 def test_text_file_named_png(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "b" / "fake.png").write_text("not a png")
     with pytest.raises(tp.DataError, match=r"Cannot decode image .*fake.png"):
-        tp.ImageFolder.scan(root)
+        ImageFolder.scan(root)
 
 
 def test_truncated_image_fails_while_streaming_with_its_name(tmp_path):
     root = make_folder(tmp_path / "d")
     good = write(tmp_path / "big.png", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     (root / "a" / "cut.png").write_bytes(good.read_bytes()[:300])
-    folder = tp.ImageFolder.scan(root, check_images=False)
+    folder = ImageFolder.scan(root, check_images=False)
     with pytest.raises(tp.DataError, match=r"Cannot decode image .*cut.png"):
         list(folder.batches(PreprocessSpec(8, 8), batch_size=2))
 
@@ -132,10 +133,10 @@ def test_truncated_image_fails_while_streaming_with_its_name(tmp_path):
 def test_labels_that_do_not_match_folders(tmp_path):
     root = make_folder(tmp_path / "d")
     with pytest.raises(tp.DataError, match=r"missing folders \['c'\], folders not in the labels \['b'\]"):
-        tp.ImageFolder.scan(root, ["a", "c"])
+        ImageFolder.scan(root, ["a", "c"])
 
 
 def test_empty_labels_file(tmp_path):
     (tmp_path / "labels.txt").write_text("\n\n")
     with pytest.raises(tp.DataError, match="is empty"):
-        tp.read_labels(tmp_path / "labels.txt")
+        read_labels(tmp_path / "labels.txt")

@@ -10,10 +10,12 @@ import pytest
 import tf_keras as keras
 
 import tflite_pipeline as tp
-from tflite_pipeline.convert import representative_dataset
-from tflite_pipeline.diagnose import QuantizationDebug, accuracy_budgeted_fallback, layer_name
-from tflite_pipeline.inspect import inspect_tflite
-from tflite_pipeline.plots import ModelPoint, pareto_front
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.runs.plots import ModelPoint, pareto_front
+from tflite_pipeline.tflite.convert import representative_dataset
+from tflite_pipeline.tflite.diagnose import QuantizationDebug, accuracy_budgeted_fallback, layer_name
+from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,8 +40,8 @@ def outlier_model(tiny_model):
 
 @pytest.fixture(scope="module")
 def debug(outlier_model, tiny_run, tiny_data):
-    spec = tp.PreprocessSpec.read_json(tiny_run.run_dir / "preprocessing.json")
-    calibration = tp.ImageFolder.scan(tiny_data / "calibration")
+    spec = PreprocessSpec.read_json(tiny_run.run_dir / "preprocessing.json")
+    calibration = ImageFolder.scan(tiny_data / "calibration")
     return QuantizationDebug(outlier_model, representative_dataset(calibration, spec, 30),
                              debug_samples=representative_dataset(calibration, spec, 16, seed=1))
 

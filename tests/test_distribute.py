@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import tflite_pipeline as tp
-from tflite_pipeline.recipe import VerifyConfig
-from tflite_pipeline.verify import LiteRTClassifier, measure_parity
-
 from conftest import CLI, copy_tiny_dataset, run_cli, save_small_cnn
+
+from tflite_pipeline.config.sections import VerifyConfig
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier
+from tflite_pipeline.tflite.parity import measure_parity
 
 SMALL = {"train": 8, "validation": 3, "calibration": 2}
 QUIET = ["--set", "bench.enabled=false", "--set", "diagnose.mode='off'", "--set", "verify.max_top1_drop=100.0",
@@ -102,8 +103,8 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(small
 
 
 def test_parallel_verification_equals_serial(tiny_run, tiny_model, tiny_data):
-    folder = tp.ImageFolder.scan(tiny_data / "validation")
-    spec = tp.PreprocessSpec(32, 32)
+    folder = ImageFolder.scan(tiny_data / "validation")
+    spec = PreprocessSpec(32, 32)
     images = np.concatenate([x for x, _ in folder.batches(spec, 64)])
     for variant in ("float32", "int8"):
         serial = LiteRTClassifier(tiny_run.tflite_path(variant), num_threads=1, batch_size=8).predict(images)

@@ -43,5 +43,5 @@ def test_old_tfmot_is_a_dependency_error():
 def test_interpreter_is_litert_not_deprecated_tf_lite():
     import importlib
 
-    verify = importlib.import_module("tflite_pipeline.verify")
+    verify = importlib.import_module("tflite_pipeline.tflite.interpreter")
     assert verify.Interpreter.__module__.startswith("ai_edge_litert")

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tflite_pipeline.android import pack_model
-from tflite_pipeline.cli import main
-from tflite_pipeline.inspect import read_flatbuffer
-from tflite_pipeline.recipe import VerifyConfig
-
 from conftest import BUNDLED as DATA
 from conftest import REFERENCE_METRICS as METRICS
 from conftest import REFERENCE_MODEL as MODEL
+
+from tflite_pipeline.cli import main
+from tflite_pipeline.config.sections import VerifyConfig
+from tflite_pipeline.export.android import pack_model
+from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
 
 def test_the_reference_model_passes_the_default_gate_and_reproduces_its_reference_metrics(reference_run):
@@ -125,7 +124,7 @@ def test_the_reference_file_catches_a_model_that_agrees_with_a_wrong_float_model
 
 @pytest.mark.fast
 def test_a_collapsed_model_is_not_mistaken_for_a_wrong_class_order():
-    from tflite_pipeline.verify import class_order_problem
+    from tflite_pipeline.tflite.parity import class_order_problem
 
     collapsed = np.zeros((10, 10), int)
     collapsed[:, 3] = 100                        # every image predicted as class 3

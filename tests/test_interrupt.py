@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CLI, data_and_cnn
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import Interrupted
-
-from conftest import CLI, data_and_cnn
 
 STOPPED = r"stopped by {name} during \[{step}\]; nothing partial was written\. To resume, "
 
@@ -103,7 +102,7 @@ def test_a_stop_while_writing_the_report_publishes_nothing(inputs, tmp_path, mon
     def stop(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tflite_pipeline.report.RunReport.to_markdown", stop)
+    monkeypatch.setattr("tflite_pipeline.runs.report.RunReport.to_markdown", stop)
     out = tmp_path / "out"
     code = main(["convert", str(inputs / "cnn.keras"), "--data", str(inputs / "data"), "--output-dir", str(out),
                  "--variants", "float32"])
@@ -123,7 +122,7 @@ def test_a_stop_during_the_android_export_leaves_the_app_as_it_was(tiny_run, tmp
         written.append(path)
         raise Interrupted(signal.SIGTERM, "SIGTERM")
 
-    monkeypatch.setattr("tflite_pipeline.android.atomic_write_json", stop_at_golden)
+    monkeypatch.setattr("tflite_pipeline.export.android.atomic_write_json", stop_at_golden)
     code = main(["export-android", str(tiny_run.run_dir), "--app", str(app), "--no-legacy-check"])
     assert code == 143 and written, capsys.readouterr().err[-2000:]
     assert "stopped by SIGTERM during [android]" in capsys.readouterr().err

@@ -9,22 +9,25 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tflite_pipeline as tp
-from tflite_pipeline.cluster import cluster_weights, strip_clustering, unique_weights
-from tflite_pipeline.distill import DistillationLoss, with_teacher_targets
-from tflite_pipeline.models import count_parameters, outputs_probabilities
-from tflite_pipeline.prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
-from tflite_pipeline.quantize import activation_range_variables, load_qat_model, quantize_aware, save_qat_model
-from tflite_pipeline.recipe import ClusterConfig, DistillConfig, PruneConfig
-from tflite_pipeline.train import fit
+from tflite_pipeline.config.sections import ClusterConfig, DistillConfig, PruneConfig
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.model.distill import DistillationLoss, with_teacher_targets
+from tflite_pipeline.model.files import load_qat_model, save_qat_model
+from tflite_pipeline.model.properties import count_parameters, outputs_probabilities
+from tflite_pipeline.model.train import fit
+from tflite_pipeline.optimize.cluster import cluster_weights, strip_clustering, unique_weights
+from tflite_pipeline.optimize.prune import kernel_sparsity, prune_low_magnitude, pruning_callbacks, strip_pruning
+from tflite_pipeline.optimize.qat import activation_range_variables, quantize_aware
 
-SPEC = tp.PreprocessSpec(32, 32)
-SMALL_SPEC = tp.PreprocessSpec(28, 28, channels=1)   # the reference CNN (conftest.small_model)
+SPEC = PreprocessSpec(32, 32)
+SMALL_SPEC = PreprocessSpec(28, 28, channels=1)   # the reference CNN (conftest.small_model)
 SMALL_EXCLUDE = ("^stem$", "^classes$")              # its stem and classifier (MobileNetV2's defaults name others)
 
 
 @pytest.fixture(scope="module")
 def train_folder(tiny_data):
-    return tp.ImageFolder.scan(tiny_data / "train").subset(96)  # 6 steps of 16: enough for the masks to settle
+    return ImageFolder.scan(tiny_data / "train").subset(96)  # 6 steps of 16: enough for the masks to settle
 
 
 def test_pqat_int8_flatbuffer_keeps_the_target_sparsity_on_pruned_layers(pqat_run):
@@ -91,7 +94,7 @@ def test_qat_fake_quantizes_depthwise_kernels_per_channel_like_tflite(small_mode
 
 def test_qat_activation_ranges_start_from_the_calibration_data(small_model, tiny_data):
     """tfmot starts every range at [-6, 6]; calibrated, a ReLU6 output's range is [0, <= 6] before any step."""
-    batches = [images for images, _ in tp.ImageFolder.scan(tiny_data / "calibration").batches(SMALL_SPEC, 10)]
+    batches = [images for images, _ in ImageFolder.scan(tiny_data / "calibration").batches(SMALL_SPEC, 10)]
     before = [v.numpy() for v in small_model.variables]
     plain, calibrated = quantize_aware(small_model), quantize_aware(small_model, calibration=iter(batches))
     ranges = {v.name.split(":")[0]: float(v.numpy()) for v in activation_range_variables(calibrated)}

@@ -4,12 +4,11 @@ import json
 import os
 
 import pytest
+from conftest import save_small_cnn
 
 import tflite_pipeline as tp
 from tflite_pipeline.cli import main
-from tflite_pipeline.runfolder import atomic_write_bytes
-
-from conftest import save_small_cnn
+from tflite_pipeline.files import atomic_write_bytes
 
 EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_float.keras",
                   "labels.txt", "preprocessing.json", "report.json", "manifest.json", "report.md", "report.html",
@@ -43,7 +42,7 @@ def test_report_json_and_markdown_agree(tiny_run):
 
 
 def test_the_manifest_records_versions_inputs_and_the_hash_of_every_output(tiny_run, tiny_data):
-    from tflite_pipeline.runfolder import sha256_file
+    from tflite_pipeline.files import sha256_file
 
     manifest = json.loads((tiny_run.run_dir / "manifest.json").read_text())
     written = sorted(p.name for p in tiny_run.run_dir.iterdir() if p.name != "manifest.json")
@@ -64,7 +63,7 @@ def test_existing_run_folder_is_not_overwritten(tiny_recipe, tiny_run):
 def test_failed_run_leaves_nothing_behind(tiny_recipe, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise tp.ConversionError("simulated converter crash")
-    monkeypatch.setattr("tflite_pipeline.pipeline.convert_variant", broken)
+    monkeypatch.setattr("tflite_pipeline.runs.pipeline.convert_variant", broken)
     with pytest.raises(tp.ConversionError, match="simulated"):
         tp.run(tiny_recipe.with_overrides({"train.epochs": 0}), output_dir=tmp_path, run_name="broken",
                log=lambda _: None)

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 import tflite_pipeline as tp
-from tflite_pipeline.recipe import parse_override
+from tflite_pipeline.config.recipe import parse_override
 
 pytestmark = pytest.mark.fast  # `make test-fast`: no model is built here
 

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-import tflite_pipeline as tp
-from tflite_pipeline.pipeline import stage_keys
-
 from conftest import CLI, copy_tiny_dataset, run_cli, save_small_cnn
+
+from tflite_pipeline.runs.cache import StageCache
+from tflite_pipeline.runs.pipeline import stage_keys
 
 RECIPE = """
 [model]
@@ -161,7 +160,7 @@ def test_stage_keys_change_from_the_changed_stage_onwards(tiny_recipe):
 
 def test_a_cache_entry_whose_model_file_changed_is_not_trusted(tmp_path, tiny_model):
     logs = []
-    cache = tp.StageCache(tmp_path, log=logs.append)
+    cache = StageCache(tmp_path, log=logs.append)
     cache.put("pruned", "k" * 64, tiny_model, {"x": 1})
     assert cache.get("pruned", "k" * 64).info == {"x": 1}
     with open(cache.entry("pruned", "k" * 64) / "model.keras", "ab") as file:

@@ -8,15 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, save_small_cnn
 
 import tflite_pipeline as tp
 from tflite_pipeline.cli import main
-from tflite_pipeline.convert import anchor_pixel_range
-from tflite_pipeline.data import PreprocessSpec
-from tflite_pipeline.rebuild import flat_tf_keras, input_preprocessing, nested_models
-from tflite_pipeline.recipe import PreprocessConfig
-
-from conftest import REPO, save_small_cnn
+from tflite_pipeline.config.sections import PreprocessConfig
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.model.load import load_model
+from tflite_pipeline.model.rebuild import flat_tf_keras, input_preprocessing, nested_models
+from tflite_pipeline.optimize.channels import model_macs
+from tflite_pipeline.tflite.convert import anchor_pixel_range
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from user_models import build_keras3_guide_model, build_tf_keras_guide_model  # noqa: E402
@@ -196,7 +197,7 @@ def test_a_keras3_file_with_a_lambda_is_refused_and_its_code_never_runs(tmp_path
     marker.unlink()
     assert _convert(path, tiny_data, tmp_path / "out") == 6
     assert "--unsafe-load" in capsys.readouterr().err and not marker.exists() and not (tmp_path / "out").exists()
-    tp.load_model(path, safe_mode=False)   # trusted: the user opts out, and the code runs
+    load_model(path, safe_mode=False)   # trusted: the user opts out, and the code runs
     assert marker.exists()
 
 
@@ -204,7 +205,7 @@ def test_a_keras3_file_with_a_lambda_is_refused_and_its_code_never_runs(tmp_path
                                                     ("diagnose", tp.ConversionError("debugger broke"), 7)])
 def test_a_failing_optional_step_still_publishes_the_verified_run(step, error, exit_code, tiny_data, tmp_path,
                                                                   monkeypatch, capsys):
-    from tflite_pipeline import pipeline, report
+    from tflite_pipeline.runs import optional, report
 
     def fail(*args, **kwargs):
         raise error
@@ -212,7 +213,7 @@ def test_a_failing_optional_step_still_publishes_the_verified_run(step, error, e
     if step == "plots":
         monkeypatch.setattr(report.RunReport, "figures", fail)
     else:
-        monkeypatch.setattr(pipeline, "diagnose_and_repair", fail)
+        monkeypatch.setattr(optional, "diagnose_and_repair", fail)
     model = save_small_cnn(tmp_path / "cnn.keras")
     code = main(["convert", str(model), "--data", str(tiny_data), "--calibration-samples", "20",
                  "--output-dir", str(tmp_path / "out"), *GATE_OPEN])
@@ -266,9 +267,9 @@ def _small_nested(flavour: str):
 
 @pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
 def test_diagnosis_and_the_float_fallback_take_nested_and_keras3_models(flavour, tiny_data):
-    from tflite_pipeline.convert import representative_dataset
-    from tflite_pipeline.data import ImageFolder
-    from tflite_pipeline.diagnose import QuantizationDebug
+    from tflite_pipeline.data.folders import ImageFolder
+    from tflite_pipeline.tflite.convert import representative_dataset
+    from tflite_pipeline.tflite.diagnose import QuantizationDebug
 
     model = _small_nested(flavour)
     spec = PreprocessSpec(SIZE, SIZE, 3, normalization="raw")
@@ -278,13 +279,13 @@ def test_diagnosis_and_the_float_fallback_take_nested_and_keras3_models(flavour,
     assert len(diagnosis.layers) >= 4 and np.isfinite(diagnosis.output_error)
     fallback = tp.inspect_tflite(debug.quantize([diagnosis.worst(1)[0].tensor]))
     assert fallback.float_ops and not fallback.is_full_integer   # the worst layer kept in float
-    assert tp.model_macs(model) == tp.model_macs(flat_tf_keras(model)[0]) > 0
+    assert model_macs(model) == model_macs(flat_tf_keras(model)[0]) > 0
 
 
 def test_when_a_compressed_stage_misses_the_gate_the_report_names_the_stage_that_lost_it(tiny_run):
     from dataclasses import replace
 
-    from tflite_pipeline.report import StageRecord
+    from tflite_pipeline.runs.report import StageRecord
 
     report = tiny_run.report
     missed = replace(report.parity.row("int8"), variant="pqat_int8", source="pqat Keras",

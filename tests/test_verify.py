@@ -2,13 +2,17 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tf_keras
 from PIL import Image
 
-import tensorflow as tf
 import tflite_pipeline as tp
-import tf_keras
-from tflite_pipeline.recipe import VerifyConfig
-from tflite_pipeline.verify import LiteRTClassifier, dequantize, quantize
+from tflite_pipeline.config.sections import VerifyConfig
+from tflite_pipeline.data.folders import ImageFolder
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite.convert import convert_float32
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier, dequantize, quantize
+from tflite_pipeline.tflite.parity import measure_parity
 
 
 def test_quantize_uses_scale_zero_point_and_saturates():
@@ -28,7 +32,7 @@ def test_quantize_uses_scale_zero_point_and_saturates():
 def test_quantize_gives_every_pixel_the_integer_tensorflow_fake_quantization_gives_it(normalization, low, high):
     """A QAT model quantizes its input with FakeQuantWithMinMaxVars; its .tflite gets `quantize`d input.
     Under x = p / 127.5 - 1 every pixel is an exact tie of the scale 2/255 (x / scale lands below it for p >= 224)."""
-    x = tp.PreprocessSpec(1, 1, normalization=normalization).normalize(np.arange(256, dtype=np.uint8))
+    x = PreprocessSpec(1, 1, normalization=normalization).normalize(np.arange(256, dtype=np.uint8))
     faked = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8).numpy()
     scale = np.float32((high - low) / 255)
     zero_point = int(round(-low / scale)) - 128  # tflite's int8 zero point for this range
@@ -43,8 +47,8 @@ def test_float32_tflite_agrees_with_keras_on_every_image(tiny_run):
 
 
 def test_litert_scores_match_keras_closely(tiny_run, tiny_model, tiny_data):
-    spec = tp.PreprocessSpec(32, 32)
-    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 16))
+    spec = PreprocessSpec(32, 32)
+    images, _ = next(ImageFolder.scan(tiny_data / "validation").batches(spec, 16))
     keras_scores = np.asarray(tiny_model(images, training=False))
     float_scores = LiteRTClassifier(tiny_run.tflite_path("float32")).predict(images)
     int8_scores = LiteRTClassifier(tiny_run.tflite_path("int8")).predict(images)
@@ -53,8 +57,8 @@ def test_litert_scores_match_keras_closely(tiny_run, tiny_model, tiny_data):
 
 
 def test_batched_and_one_by_one_inference_agree(tiny_run, tiny_data):
-    spec = tp.PreprocessSpec(32, 32)
-    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 7))
+    spec = PreprocessSpec(32, 32)
+    images, _ = next(ImageFolder.scan(tiny_data / "validation").batches(spec, 7))
     batched = LiteRTClassifier(tiny_run.tflite_path("int8"), batch_size=7).predict(images)
     single = np.concatenate([LiteRTClassifier(tiny_run.tflite_path("int8"), batch_size=1).predict(images[i:i + 1])
                              for i in range(len(images))])
@@ -63,8 +67,8 @@ def test_batched_and_one_by_one_inference_agree(tiny_run, tiny_data):
 
 @pytest.mark.parametrize("kernels", ["builtin", "reference"])
 def test_every_litert_kernel_set_runs_the_int8_model_close_to_xnnpack(tiny_run, tiny_data, kernels):
-    spec = tp.PreprocessSpec(32, 32)
-    images, _ = next(tp.ImageFolder.scan(tiny_data / "validation").batches(spec, 8))
+    spec = PreprocessSpec(32, 32)
+    images, _ = next(ImageFolder.scan(tiny_data / "validation").batches(spec, 8))
     xnnpack = LiteRTClassifier(tiny_run.tflite_path("int8")).predict(images)
     other = LiteRTClassifier(tiny_run.tflite_path("int8"), kernels=kernels).predict(images)
     assert np.abs(other - xnnpack).max() <= 4 / 256  # a few output steps of integer rounding apart
@@ -77,10 +81,10 @@ def test_report_counts_every_validation_image(tiny_run):
 
 
 def test_float32_passes_the_strictest_gate(tiny_run, tiny_model, tiny_data):
-    folder = tp.ImageFolder.scan(tiny_data / "validation")
+    folder = ImageFolder.scan(tiny_data / "validation")
     strict = VerifyConfig(max_top1_drop=0.0, min_agreement=1.0)
-    report = tp.measure_parity(tiny_model, {"float32": tiny_run.tflite_path("float32")}, folder,
-                               tp.PreprocessSpec(32, 32), strict, log=lambda _: None)
+    report = measure_parity(tiny_model, {"float32": tiny_run.tflite_path("float32")}, folder,
+                               PreprocessSpec(32, 32), strict, log=lambda _: None)
     assert report.check() is report
 
 
@@ -92,8 +96,8 @@ def test_wrong_model_fails_the_gate_with_the_report_attached(tiny_model, tiny_da
     weights = tiny_model.get_weights()
     weights[-2], weights[-1] = np.roll(weights[-2], 1, axis=-1), np.roll(weights[-1], 1)
     other.set_weights(weights)
-    folder = tp.ImageFolder.scan(tiny_data / "validation")
-    report = tp.measure_parity(tiny_model, {"other": tp.convert_float32(other)}, folder, tp.PreprocessSpec(32, 32),
+    folder = ImageFolder.scan(tiny_data / "validation")
+    report = measure_parity(tiny_model, {"other": convert_float32(other)}, folder, PreprocessSpec(32, 32),
                                VerifyConfig(), log=lambda _: None)
     assert not report.passed and report.row("other").agreement < 0.98
     with pytest.raises(tp.ParityError, match=r"other: .*agreement .* < 98.00%") as caught:
@@ -106,6 +110,6 @@ def test_labels_that_do_not_match_the_model_output(tiny_model, tmp_path):
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         Image.new("L", (8, 8)).save(tmp_path / name / "0.png")
-    folder = tp.ImageFolder.scan(tmp_path)
+    folder = ImageFolder.scan(tmp_path)
     with pytest.raises(tp.ModelError, match=r"outputs 10 classes but the data folder .* lists 3"):
-        tp.measure_parity(tiny_model, {}, folder, tp.PreprocessSpec(32, 32))
+        measure_parity(tiny_model, {}, folder, PreprocessSpec(32, 32))

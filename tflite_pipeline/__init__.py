@@ -1,11 +1,17 @@
 """tflite_pipeline: Keras image classifier -> tfmot -> full-integer TFLite, proven in LiteRT.
 
     import tflite_pipeline as tp
-    result = tp.run(tp.load_recipe("default"), run_name="demo")
-    print(result.report.parity.format_table())
+    result = tp.run(tp.load_recipe("default"), run_name="demo")       # train, compress, convert, verify
+    result = tp.convert("my_model.keras", "my_images/")               # your trained model, no training
+    tp.verify(result.run_dir).check()                                  # the parity gate (raises ParityError)
 
-Importing this package sets TF_USE_LEGACY_KERAS=1 (see `env`) and is cheap: the public names
-below are loaded on first use, so `tflite-pipeline inspect` never imports TensorFlow.
+The top level holds the verbs, the results they return and the errors. Everything else lives in sub-packages
+that follow the data flow: `config` (recipes) -> `data` (image folders, preprocessing) -> `model` (build, load,
+train) -> `optimize` (the stages) -> `tflite` (convert, read, verify, diagnose, bench) -> `runs` (orchestration,
+cache, run folder, report) -> `export` (Android). See docs/python-api.md.
+
+Importing this package sets TF_USE_LEGACY_KERAS=1 (see `env`) and is cheap: the names below are loaded on
+first use, so `tflite-pipeline inspect` never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,43 +19,40 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import env  # noqa: F401  (must run before anything imports TensorFlow)
-from .errors import (CompatibilityError, ConversionError, DataError, DependencyError, ModelError, OptionalStepError,
-                     OutputError, ParityError, PipelineError, RecipeError, TFLiteFileError)
+from tflite_pipeline import env  # noqa: F401  (must run before anything imports TensorFlow)
+from tflite_pipeline.errors import (CompatibilityError, ConversionError, DataError, DependencyError, Interrupted,
+                                    ModelError, OptionalStepError, OutputError, ParityError, PipelineError,
+                                    RecipeError, TFLiteFileError)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
-    "Recipe": "recipe", "load_recipe": "recipe", "bundled_recipes": "recipe",
-    "PreprocessSpec": "data", "ImageFolder": "data", "open_splits": "data", "read_labels": "data",
-    "build_mobilenet_v2": "models", "load_model": "models", "flat_tf_keras": "rebuild", "Rebuild": "rebuild",
-    "train_classifier": "train",
-    "ChannelsConfig": "recipe", "prune_channels": "channels", "ChannelGraph": "channels", "model_macs": "channels",
-    "convert_variant": "convert", "convert_float32": "convert", "convert_int8": "convert",
-    "representative_dataset": "convert",
-    "inspect_tflite": "inspect", "TFLiteInfo": "inspect",
-    "LiteRTClassifier": "verify", "ParityReport": "verify", "measure_parity": "verify",
-    "QuantizationDebug": "diagnose", "accuracy_budgeted_fallback": "diagnose", "top1_evaluator": "diagnose",
-    "measure_latency": "bench", "bench_models": "bench", "cpu_description": "bench",
-    "RunReport": "report",
-    "export_android": "android", "check_compatibility": "android", "AndroidExport": "android",
-    "run": "pipeline", "RunResult": "pipeline", "verify_files": "pipeline", "StageCache": "cache",
+    # verbs
+    "run": "runs.pipeline", "convert": "runs.pipeline", "verify": "runs.verify", "load_recipe": "config.recipe",
+    "inspect_tflite": "tflite.flatbuffer", "bench_models": "tflite.bench", "export_android": "export.android",
+    # what they return
+    "Recipe": "config.recipe", "RunResult": "runs.pipeline", "RunReport": "runs.report",
+    "ParityReport": "tflite.parity", "TFLiteInfo": "tflite.flatbuffer", "ModelBenchmark": "tflite.bench",
+    "AndroidExport": "export.android",
 }
+_SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export")
 
-__all__ = [  # noqa: RUF022 - grouped by stage
-    "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
-    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "OptionalStepError",
+__all__ = [  # noqa: RUF022 - verbs, results, errors
     *_LAZY,
+    "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
+    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "OptionalStepError", "Interrupted",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return [*__all__, *_SUBPACKAGES]

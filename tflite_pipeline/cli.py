@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import progress
-from .errors import Interrupted, PipelineError
-from .recipe import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS, load_recipe, parse_override
+from tflite_pipeline import progress
+from tflite_pipeline.config.recipe import load_recipe, parse_override
+from tflite_pipeline.config.sections import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS
+from tflite_pipeline.errors import Interrupted, PipelineError
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +189,7 @@ def _finish_run(result) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run
+    from tflite_pipeline.runs.pipeline import run
 
     recipe = load_recipe(args.recipe)
     overrides = dict(parse_override(item) for item in args.overrides)
@@ -206,63 +207,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .pipeline import model_name, run
+    from tflite_pipeline.runs.pipeline import convert
 
-    overrides: dict[str, object] = {
-        "model.source": args.model, "data.root": args.data, "train.epochs": 0,
-        "convert.variants": [v.strip() for v in args.variants.split(",") if v.strip()],
-        "convert.io_dtype": args.io_dtype, "convert.calibration_samples": args.calibration_samples,
-        "model.safe_mode": not args.unsafe_load, "data.skip_bad_images": args.skip_bad_images,
-        **_preprocess_overrides(args), **_gate_overrides(args)}
-    if args.labels:
-        overrides["data.labels"] = str(Path(args.labels).resolve())
-    recipe = load_recipe("default").with_overrides(overrides)
-    recipe = recipe.with_overrides({"model.name": model_name(recipe)})
-    return _finish_run(run(recipe, output_dir=args.output_dir, run_name=args.run_name or recipe.model.name,
-                           overwrite=args.overwrite))
+    return _finish_run(convert(args.model, args.data, variants=tuple(v.strip() for v in args.variants.split(",")
+                                                                     if v.strip()),
+                               io_dtype=args.io_dtype, calibration_samples=args.calibration_samples,
+                               labels=args.labels, overrides={**_preprocess_overrides(args), **_gate_overrides(args)},
+                               output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
+                               safe_mode=not args.unsafe_load, skip_bad_images=args.skip_bad_images))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .data import PreprocessSpec
-    from .pipeline import (open_run_folder, recorded_gate, recorded_keras_top1, recorded_validation_dir,
-                           stage_sources, verify_files)
-    from .runfolder import atomic_write_json
-    from .verify import read_reference_metrics
+    from tflite_pipeline.files import atomic_write_json
+    from tflite_pipeline.runs.verify import verify
 
-    tflites: dict[str, Path] = {}
-    sources: dict = {}
-    keras, labels, spec, data, gate, reports = args.keras, args.labels, None, args.data, {}, []
-    for raw in args.paths:
-        path = Path(raw)
-        if path.is_dir():
-            files = open_run_folder(path)
-            keras = keras or files["keras"]
-            labels = labels or (files["labels"] if files["labels"].is_file() else None)
-            spec = spec or PreprocessSpec.read_json(files["preprocessing"])
-            data = data or recorded_validation_dir(files["report"])
-            gate = gate or recorded_gate(files["report"])   # the run's own gate, unless flags say otherwise
-            reports.append(files["report"])
-            tflites.update({p.stem: p for p in sorted(path.glob("*.tflite"))})
-            sources.update(stage_sources(path, safe_mode=not args.unsafe_load))
-        else:
-            tflites[path.stem] = path
-    if args.preprocessing:
-        spec = PreprocessSpec.read_json(args.preprocessing)
-    if keras is None or data is None:
+    if (args.keras is None or args.data is None) and not any(Path(p).is_dir() for p in args.paths):
         print("tflite-pipeline verify: error: --keras and --data are required unless a run folder is given",
               file=sys.stderr)
         return 2
-    recipe = load_recipe("default").with_overrides({**gate, **_preprocess_overrides(args), **_gate_overrides(args)})
-    if spec is not None and (args.normalization or args.mean or args.std):
-        spec = None  # explicit flags win over the run folder's spec
-    if args.reference:
-        expected = read_reference_metrics(args.reference)
-    elif reports and args.data is None:  # on the run's own images, the float model must score what it scored then
-        expected = recorded_keras_top1(reports[0], recipe.verify.max_top1_drop)
-    else:
-        expected = {}
-    report = verify_files(keras, tflites, data, preprocessing=spec, preprocess=recipe.preprocess, labels=labels,
-                          config=recipe.verify, sources=sources, safe_mode=not args.unsafe_load, expected=expected)
+    report = verify(*args.paths, data=args.data, keras_model=args.keras, labels=args.labels,
+                    preprocessing=args.preprocessing, overrides={**_preprocess_overrides(args), **_gate_overrides(args)},
+                    reference=args.reference, safe_mode=not args.unsafe_load)
     print(report.format_table())
     if args.json_out:
         atomic_write_json(args.json_out, report.to_dict())
@@ -271,7 +236,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_tflite
+    from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
     info = inspect_tflite(args.file)
     print(json.dumps(info.to_dict(), indent=2) if args.json else info.format())
@@ -279,8 +244,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_models, bench_report, cpu_description, format_table
-    from .runfolder import atomic_write_json
+    from tflite_pipeline.files import atomic_write_json
+    from tflite_pipeline.tflite.bench import bench_models, bench_report, cpu_description, format_table
 
     cpu = cpu_description()
     print(f"bench on {cpu['model']} ({cpu['summary']}, os.cpu_count() = {cpu['logical_cpus']})", file=sys.stderr)
@@ -298,8 +263,8 @@ def _legacy(args: argparse.Namespace):
 
 
 def _cmd_export_android(args: argparse.Namespace) -> int:
-    from .android import export_android
-    from .runfolder import atomic_write_json
+    from tflite_pipeline.export.android import export_android
+    from tflite_pipeline.files import atomic_write_json
 
     result = export_android(args.run_dir, args.app, models=args.models, images=args.images, golden_count=args.golden,
                             legacy_python=_legacy(args), log=progress.log)
@@ -310,9 +275,9 @@ def _cmd_export_android(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_runtime(args: argparse.Namespace) -> int:
-    from .android import check_compatibility, format_compatibility
-    from .errors import CompatibilityError
-    from .runfolder import atomic_write_json
+    from tflite_pipeline.errors import CompatibilityError
+    from tflite_pipeline.export.android import check_compatibility, format_compatibility
+    from tflite_pipeline.files import atomic_write_json
 
     reports = check_compatibility(args.files, legacy_python=_legacy(args))
     print(format_compatibility(reports))
@@ -325,7 +290,7 @@ def _cmd_check_runtime(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from .recipe import bundled_recipes
+    from tflite_pipeline.config.recipe import bundled_recipes
 
     for name in bundled_recipes():
         print(f"{name:<16} {load_recipe(name).description}")

@@ -14,7 +14,7 @@ from importlib import metadata
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO chatter off the console
 
-from .errors import DependencyError  # noqa: E402
+from tflite_pipeline.errors import DependencyError  # noqa: E402
 
 _FIX = "Reinstall with `make setup` (or `pip install -e .`) so the pinned versions in pyproject.toml are used."
 
@@ -47,7 +47,7 @@ def library_versions() -> dict[str, str | None]:
 def run_versions() -> dict[str, str | None]:
     """This package, Python and `library_versions()`: what a report, a manifest and a stage-cache key record
     (a release that changes how a stage trains must bump `__version__`, so older cache entries go unused)."""
-    from . import __version__
+    from tflite_pipeline import __version__
 
     return {"tflite_pipeline": __version__, "python": platform.python_version(), **library_versions()}
 

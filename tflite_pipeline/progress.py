@@ -7,6 +7,9 @@ stopped by Ctrl-C or SIGTERM can say what it stopped.
 from __future__ import annotations
 
 import sys
+from typing import Callable
+
+Log = Callable[[str], None]  # where a step writes its progress lines; `log` by default
 
 _current = ""
 

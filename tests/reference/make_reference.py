@@ -62,10 +62,11 @@ def train() -> None:
     import tensorflow as tf
     import tf_keras as keras
 
-    from tflite_pipeline.data import PreprocessSpec, open_splits
-    from tflite_pipeline.recipe import TrainConfig
-    from tflite_pipeline.runfolder import atomic_write_bytes
-    from tflite_pipeline.train import train_classifier
+    from tflite_pipeline.config.sections import TrainConfig
+    from tflite_pipeline.data.folders import open_splits
+    from tflite_pipeline.data.preprocess import PreprocessSpec
+    from tflite_pipeline.files import atomic_write_bytes
+    from tflite_pipeline.model.train import train_classifier
 
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
@@ -108,7 +109,7 @@ def main() -> None:
     if not args.measure:
         train()
     metrics = measure()
-    from tflite_pipeline.runfolder import atomic_write_json
+    from tflite_pipeline.files import atomic_write_json
 
     atomic_write_json(METRICS, metrics)
     print(json.dumps(metrics["variants"], indent=2))

@@ -1,0 +1,79 @@
+"""Weight clustering (weight sharing, tfmot): each selected layer's weights take one of `clusters`
+shared values, which compresses well and survives cluster-preserving QAT."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from tflite_pipeline.config.recipe import Recipe
+from tflite_pipeline.config.sections import ClusterConfig
+from tflite_pipeline.errors import RecipeError
+from tflite_pipeline.model.files import copy_model
+from tflite_pipeline.model.rebuild import flat_model
+from tflite_pipeline.optimize.layers import select_layers
+from tflite_pipeline.optimize.stage import FineTuneStage, StageContext, StageOutput, StageRecord, macs_before
+
+_clustering = tfmot.clustering.keras
+
+
+def check_clustering(model: keras.Model, config: ClusterConfig) -> list[str]:
+    """The layers to cluster; `RecipeError` when one has fewer weights than `clusters`."""
+    model = flat_model(model)
+    names = select_layers(model, "cluster", patterns=config.layers, layer_types=config.layer_types,
+                          exclude=config.exclude)
+    for name in names:
+        size = int(np.prod(model.get_layer(name).get_weights()[0].shape))
+        if size < config.clusters:
+            raise RecipeError(f"Received `cluster.clusters={config.clusters}` but layer {name!r} has only {size} "
+                              "weights; lower `cluster.clusters` or exclude the layer in `cluster.exclude`.")
+    return names
+
+
+def cluster_weights(model: keras.Model, config: ClusterConfig) -> tuple[keras.Model, list[str]]:
+    """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names.
+
+    Raises `RecipeError` when a layer has fewer weights than `clusters` or a pattern matches nothing.
+    """
+    model = flat_model(model)
+    names = check_clustering(model, config)
+    params = {"number_of_clusters": config.clusters,
+              "cluster_centroids_init": _clustering.CentroidInitialization.KMEANS_PLUS_PLUS}
+
+    base = copy_model(model)  # tfmot wraps the layer objects themselves: never the caller's
+
+    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return _clustering.cluster_weights(layer, **params) if layer.name in names else layer
+
+    clustered = keras.models.clone_model(base, clone_function=wrap)
+    return clustered, names
+
+
+def strip_clustering(model: keras.Model) -> keras.Model:
+    """Remove the clustering wrappers, keeping the shared weight values."""
+    return _clustering.strip_clustering(model)
+
+
+def unique_weights(model: keras.Model, names: list[str]) -> dict[str, int]:
+    """Number of distinct kernel values per named layer (Keras side)."""
+    return {name: int(np.unique(model.get_layer(name).get_weights()[0]).size) for name in names}
+
+
+class Cluster(FineTuneStage):
+    """`[cluster]`: weight sharing (at most `clusters` distinct values per kernel) while fine-tuning."""
+
+    section = "cluster"
+    stage_label = "clustered"
+
+    def check(self, model: keras.Model, recipe: Recipe) -> None:
+        check_clustering(model, recipe.cluster)
+
+    def run(self, model: keras.Model, previous: StageRecord | None, context: StageContext) -> StageOutput:
+        c = context.recipe.cluster
+        wrapped, layers = cluster_weights(model, c)
+        context.log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
+        clustered = strip_clustering(context.tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
+        record = context.record(self.stage_label, clustered, macs=macs_before(previous, model), layers=tuple(layers),
+                                clusters=max(unique_weights(clustered, layers).values()))
+        return self.output(context.recipe, clustered, record)

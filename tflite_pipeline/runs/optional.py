@@ -1,0 +1,172 @@
+"""The steps after verification that a run can do without: diagnosis with the float fallback, and latency.
+
+Each is an `OptionalStep` in `OPTIONAL_STEPS`; the orchestrator runs the ones the recipe wants, in order, on the
+run's `RunOutputs`. A step that fails is recorded by `OptionalSteps` (typed errors keep their exit code, anything
+else is an `OptionalStepError`, exit 12) and costs the user nothing that was verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import tf_keras as keras
+
+from tflite_pipeline.config.recipe import Recipe
+from tflite_pipeline.errors import OptionalStepError, PipelineError
+from tflite_pipeline.optimize.stage import StageContext
+from tflite_pipeline.progress import Log
+from tflite_pipeline.progress import log as _stderr
+from tflite_pipeline.runs.folder import RunFolder
+from tflite_pipeline.runs.report import ModelArtifact, StepFailure
+from tflite_pipeline.tflite.bench import LatencyResult, measure_latency
+from tflite_pipeline.tflite.convert import RepresentativeDataset, representative_dataset
+from tflite_pipeline.tflite.diagnose import (
+    Diagnosis,
+    FallbackResult,
+    QuantizationDebug,
+    accuracy_budgeted_fallback,
+    top1_evaluator,
+)
+from tflite_pipeline.tflite.flatbuffer import inspect_tflite
+from tflite_pipeline.tflite.parity import ParityReport, ParityRow, measure_parity
+
+
+class OptionalSteps:
+    """Runs a function as an optional step: a failure is recorded (`failures`), logged, and returns `default`."""
+
+    def __init__(self, log: Log = _stderr) -> None:
+        self.failures: list[StepFailure] = []
+        self._log = log
+
+    def run(self, step: str, function: Callable[..., object], *args: object, default: object = None,
+            **kwargs: object) -> object:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - an optional step must never cost the verified models
+            family = error if isinstance(error, PipelineError) else OptionalStepError
+            message = " ".join(str(error).split())[:500] or type(error).__name__
+            failure = StepFailure(step=step, error=type(error).__name__, message=message, exit_code=family.exit_code)
+            self.failures.append(failure)
+            self._log(f"warning: optional step {step!r} failed ({failure.error}: {message}); the verified models "
+                      "are kept and the report names the failure")
+            return default
+
+
+@dataclass
+class RunOutputs:
+    """What a run has made so far, in its folder: the `.tflite` files (bytes and measured artifacts), the Keras
+    model each came from, the parity report, and what the optional steps add (diagnoses, fallbacks, latency)."""
+
+    baseline: keras.Model
+    context: StageContext
+    folder: RunFolder
+    name: str                                  # file-name stem: `<name>_<variant>.tflite`
+    jobs: list                                 # the ExportJobs (runs.pipeline)
+    representative: RepresentativeDataset | None = None
+    flatbuffers: dict[str, bytes] = field(default_factory=dict)
+    artifacts: list[ModelArtifact] = field(default_factory=list)
+    sources: dict[str, tuple[str, keras.Model]] = field(default_factory=dict)  # variant -> (label, its Keras model)
+    parity: ParityReport | None = None
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    fallbacks: list[FallbackResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OptionalStep:
+    """`name` (its key in the report's `seconds`), whether a recipe wants it, and the step itself."""
+
+    name: str
+    wanted: Callable[[Recipe], bool]
+    run: Callable[[RunOutputs, OptionalSteps], None]
+
+
+# --- diagnose + float fallback ---------------------------------------------------------------------------------
+
+def diagnose_post_training_models(out: RunOutputs, optional: OptionalSteps) -> None:
+    """For every post-training int8 model: the per-layer quantization error when the recipe asks, and the float
+    fallback (verified, then written) when it misses the top-1 budget."""
+    context = out.context
+    for job in [j for j in out.jobs if j.kind == "int8" and not (j.stage and j.stage.is_qat)]:
+        source_top1 = job.stage.record.keras_top1 if job.stage else out.parity.keras_top1
+        outcome = optional.run(f"diagnose {job.variant}", diagnose_and_repair, job.variant,
+                               job.source_model(out.baseline), out.parity.row(job.variant), source_top1, context,
+                               out.representative)
+        if outcome is None:
+            continue
+        diagnosis, fallback = outcome
+        out.diagnoses.append(diagnosis)
+        out.folder.write_text(f"{out.name}_{job.variant}_layers.csv", diagnosis.to_csv())
+        if fallback is None:
+            continue
+        out.fallbacks.append(fallback)
+        if fallback.model is None:
+            if not fallback.met:
+                out.warnings.append(f"float fallback for {job.variant}: budget not met: {fallback.reason}")
+            continue
+        variant = f"{job.variant}_fallback"
+        sources = {variant: out.sources[job.variant]} if job.variant in out.sources else None
+        rows = optional.run(f"verify {variant}", measure_parity, out.baseline, {variant: fallback.model},
+                            context.splits.validation, context.spec, context.recipe.verify, sources=sources,
+                            log=context.log)
+        if rows is None:
+            continue
+        file = f"{out.name}_{variant}.tflite"   # written once verified, so the folder claims it
+        out.folder.write_bytes(file, fallback.model)
+        out.artifacts.append(ModelArtifact.measure(variant, file, fallback.model, inspect_tflite(fallback.model)))
+        out.flatbuffers[variant] = fallback.model
+        out.parity = replace(out.parity, rows=out.parity.rows + rows.rows)
+
+
+def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, source_top1: float,
+                        context: StageContext, representative: RepresentativeDataset
+                        ) -> tuple[Diagnosis, FallbackResult | None] | None:
+    """Run the quantization debugger on a post-training int8 model when the recipe asks (always, or when
+    it failed the gate or misses the fallback budget), then the float fallback when it misses the budget.
+    Returns None when nothing was asked for."""
+    recipe, log = context.recipe, context.log
+    d = recipe.diagnose
+    drop = (source_top1 - row.top1) * 100.0
+    misses_budget = d.fallback and drop > d.max_top1_drop + 1e-9
+    if d.mode == "off" or (d.mode == "on_failure" and row.passed and not misses_budget):
+        return None
+    log(f"[diagnose] {variant}: per-layer quantization error on {d.samples} calibration images")
+    samples = representative_dataset(context.calibration_images(), context.spec, d.samples, seed=recipe.train.seed + 1)
+    debug = QuantizationDebug(source, representative, debug_samples=samples, io_dtype=recipe.convert.io_dtype,
+                              variant=variant)
+    diagnosis = debug.diagnose()
+    log("  worst layers (RMSE/scale): " + ", ".join(f"{e.short_name} {e.rmse_over_scale:.2f}"
+                                                   for e in diagnosis.worst(3)))
+    if not misses_budget:
+        return diagnosis, None
+    log(f"[fallback] {variant}: top-1 drop {drop:+.2f} pts > budget {d.max_top1_drop:g}; keeping layers in "
+        "float one step at a time")
+    evaluate = top1_evaluator(context.splits.validation, context.spec, batch_size=recipe.verify.batch_size,
+                              num_threads=recipe.verify.num_threads, kernels=recipe.verify.kernels)
+    fallback = accuracy_budgeted_fallback(debug, diagnosis, evaluate, reference_top1=source_top1,
+                                          max_top1_drop=d.max_top1_drop, max_float_fraction=d.max_float_fraction,
+                                          log=log)
+    return diagnosis, fallback
+
+
+# --- latency ----------------------------------------------------------------------------------------------------
+
+def measure_latencies(out: RunOutputs, optional: OptionalSteps) -> None:
+    """Every written `.tflite`'s latency on this machine (`[bench]`), into its artifact."""
+    recipe = out.context.recipe
+    latencies = optional.run("latency", lambda: [latency(out.flatbuffers[a.variant], recipe) for a in out.artifacts])
+    if latencies is not None:
+        out.artifacts[:] = [replace(a, latency=value) for a, value in zip(out.artifacts, latencies, strict=True)]
+
+
+def latency(model: bytes, recipe: Recipe) -> LatencyResult:
+    b = recipe.bench
+    return measure_latency(model, threads=b.threads, runs=b.runs, warmup=b.warmup, kernels=recipe.verify.kernels)
+
+
+OPTIONAL_STEPS: tuple[OptionalStep, ...] = (
+    OptionalStep("diagnose", lambda recipe: recipe.diagnose.mode != "off",
+                 diagnose_post_training_models),
+    OptionalStep("latency", lambda recipe: recipe.bench.enabled, measure_latencies),
+)
