@@ -12,7 +12,7 @@ LEGACY := .venv-tflite2.14
 LEGACY_STAMP := $(LEGACY)/.installed
 JVM_JARS := /usr/share/java/junit4.jar /usr/share/java/hamcrest-core.jar /usr/share/java/json-android.jar
 
-.PHONY: setup legacy-runtime jvm-tools demo test test-fast test-slow clean
+.PHONY: setup legacy-runtime jvm-tools demo lint test test-fast test-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,11 @@ demo: setup
 	$(BIN)/tflite-pipeline run --recipe default --run-name demo --overwrite
 	$(BIN)/tflite-pipeline export-android models/demo
 
-# two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
-test: setup
+lint: $(STAMP)
+	$(BIN)/ruff check tflite_pipeline tests benchmarks examples
+
+# lint, then two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test-fast: setup

@@ -36,7 +36,7 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _calibration_batches(spec: "tp.PreprocessSpec", count: int, batch: int = 16):
+def _calibration_batches(spec: tp.PreprocessSpec, count: int, batch: int = 16):
     """The first `count` bundled calibration images (seeded subset) preprocessed for `spec`, in batches."""
     from tflite_pipeline.data.folders import bundled_data_root, open_splits
 

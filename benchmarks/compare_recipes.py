@@ -7,7 +7,7 @@ Tutorial recipes (as a new user would write them from the tfmot guides):
   tutorial-ptq        post-training int8 only
   tutorial-qat        quantize_model + fine-tune: activation ranges start at tfmot's [-6, 6]
   tutorial-prune-ptq  polynomial 50% -> 80% pruning over the whole fine-tune (lr 1e-3, no distillation), then PTQ
-Ours (tflite_pipeline/recipes/): qat (activation ranges calibrated first), prune-pqat, prune-pqat-kd,
+Ours (tflite_pipeline/config/recipes/): qat (activation ranges calibrated first), prune-pqat, prune-pqat-kd,
 cluster-cqat, and thin (MobileNetV2 width 0.2 trained from scratch like the baseline: no agreement with
 the baseline, its drop is against the baseline's top-1). Every QAT stage here fake-quantizes depthwise
 kernels per channel, as TFLite stores them.
@@ -33,7 +33,7 @@ import tflite_pipeline as tp
 from tflite_pipeline.tflite.bench import bench_models, cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import latency as phone_size  # noqa: E402 - benchmarks/latency.py, next to this script
+import latency as phone_size
 
 OURS = ("qat", "prune-pqat", "prune-pqat-kd", "cluster-cqat")
 FROM_SCRATCH = ("thin",)  # a thinner network trained like the baseline, instead of a pruned one

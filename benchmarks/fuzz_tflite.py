@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def main() -> None:
     from tflite_pipeline.env import run_versions
     from tflite_pipeline.tflite.bench import cpu_description
 
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": Path(args.model).name,
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model": Path(args.model).name,
               "size_bytes": len(data), "copies": args.copies, "seed": args.seed,
               "counts": {k: dict(v) for k, v in counts.items()}, "bad": bad, "versions": run_versions(),
               "cpu": cpu_description()}

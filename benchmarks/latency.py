@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tflite_pipeline as tp  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tflite_pipeline as tp
 from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tflite_pipeline.tflite.bench import bench_models, bench_report, cpu_description, format_table
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from verify_throughput import REPO, load_images  # noqa: E402
+from verify_throughput import REPO, load_images
 
-from tflite_pipeline.data.preprocess import PreprocessSpec  # noqa: E402
-from tflite_pipeline.tflite.bench import cpu_description  # noqa: E402
-from tflite_pipeline.tflite.interpreter import LiteRTClassifier  # noqa: E402
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite.bench import cpu_description
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ For each model of `benchmarks/user_models.py` (tf_keras `.h5` with preprocess_in
 `.keras` with a Rescaling layer): `tflite-pipeline convert MODEL --data representative_data` (only `--data`: the
 normalization is detected), then `run --recipe R --set model.source=MODEL --set train.epochs=0` for each recipe,
 then `verify RUN_DIR` on every run folder; and the 80% recipe again at 70% sparsity for 8 epochs (what the
-report's next steps suggest when a stage loses accuracy in Keras). The bundled data's validation split (2,000 images of the Fashion-MNIST
-test set) is held out from the models' training; calibration (500 images) is separate from it. Every figure in
-the output is read from the run folders' report.json files.
+report's next steps suggest when a stage loses accuracy in Keras). The bundled data's validation split
+(2,000 images of the Fashion-MNIST test set) is held out from the models' training; calibration (500 images) is
+separate from it. Every figure in the output is read from the run folders' report.json files.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> None:
     results = [done[key] for key in sorted(done, key=lambda k: (MODELS.index(done[k]["model"]),
                                                                 JOBS.index(done[k]["job"])))]
     cpu = cpu_description()
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": run_versions(), "machine": cpu, "command": " ".join(sys.argv)}
     models_summary = Path(args.models) / "summary.json"
     trained = json.loads(models_summary.read_text()) if models_summary.is_file() else {}
@@ -144,7 +144,7 @@ def main() -> None:
               "verify exit | time |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|"]
     for r in results:
         if "int8_top1" not in r:
-            lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} | | | | | | | | | | | {r['seconds']:.0f} s |")
+            lines.append(f"| `{r['model']}` | {r['job']} | {r['exit_code']} |" + " |" * 11 + f" {r['seconds']:.0f} s |")
             continue
         diff = "" if r["rebuild_max_abs_diff"] is None else f"{r['rebuild_max_abs_diff']:.2g}"
         if r.get("rebuild_max_abs_output"):
@@ -153,10 +153,12 @@ def main() -> None:
                      f"{r['int8_variant']} | {r['int8_top1']:.2%} | {r['top1_drop_pts']:+.2f} | {r['agreement']:.2%} | "
                      f"{r['source_agreement']:.2%} | "
                      f"{r['input']['scale']:g} / {r['input']['zero_point']} | {diff} | "
-                     f"{r['int8_kib']:.0f} ({r['int8_gzip_kib']:.0f}) | {r['verify_exit_code']} | {r['seconds']:.0f} s |")
+                     f"{r['int8_kib']:.0f} ({r['int8_gzip_kib']:.0f}) | {r['verify_exit_code']} | "
+                     f"{r['seconds']:.0f} s |")
     lines += ["", "Drop: float top-1 minus int8 top-1, negative when int8 scores higher (the gate allows 0.5 pts for "
               "`convert` and `qat`, 1.0 for the `*-kd` recipes); agreement: same top-1 as the user's float model; the "
-              "gate checks agreement with the Keras model the `.tflite` was converted from (>= 98%). Rebuild max abs diff: the largest output "
+              "gate checks agreement with the Keras model the `.tflite` was converted from (>= 98%). Rebuild max abs "
+              "diff: the largest output "
               "difference between the user's model and the flat tf_keras rebuild the stages trained from, on the "
               "calibration images.", ""]
     figures = Path(args.figures)

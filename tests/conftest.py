@@ -74,12 +74,12 @@ def tiny_overrides(data: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_recipe(tiny_data) -> "tp.Recipe":
+def tiny_recipe(tiny_data) -> tp.Recipe:
     return tp.load_recipe("default").with_overrides(tiny_overrides(tiny_data))
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tiny_recipe, tmp_path_factory) -> "tp.RunResult":
+def tiny_run(tiny_recipe, tmp_path_factory) -> tp.RunResult:
     """One full run (train 2 epochs -> float32 + int8 -> LiteRT parity) shared by the session."""
     return tp.run(tiny_recipe, output_dir=tmp_path_factory.mktemp("runs"), run_name="tiny", log=lambda _: None)
 
@@ -123,7 +123,7 @@ def pqat_run(tiny_recipe, tmp_path_factory) -> SimpleNamespace:
 def run_cli(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     """`tflite-pipeline ARGS` in a child process (device layout, op determinism and SIGKILL are process-wide);
     fails the test with the end of its log unless it exits 0."""
-    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -135,5 +135,15 @@ SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_diagnose_report", "tes
 
 
 def pytest_collection_modifyitems(items) -> None:
+    for item in items:  # the tiers: fast (no model), integration (the rest of `make test`), slow (`make test-slow`)
+        if not any(item.get_closest_marker(tier) for tier in ("fast", "slow")):
+            item.add_marker(pytest.mark.integration)
     rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module keeps its order
+
+
+def app_copy(target: Path) -> Path:
+    """The Android app's sources without any exported assets, as a fresh clone has them."""
+    from tflite_pipeline.export.android import DEFAULT_APP_DIR
+
+    return Path(shutil.copytree(DEFAULT_APP_DIR, target, ignore=shutil.ignore_patterns("assets", "build", ".gradle")))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import app_copy
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
@@ -51,15 +52,9 @@ def legacy_python():
     return _require(find_legacy_python(), "the TFLite 2.14 runtime venv (.venv-tflite2.14)")
 
 
-def _app_copy(target: Path) -> Path:
-    """The app's sources without any exported assets, as a fresh clone has them."""
-    ignore = shutil.ignore_patterns("assets", "build", ".gradle")
-    return Path(shutil.copytree(APP, target, ignore=ignore))
-
-
 @pytest.fixture(scope="module")
 def exported(tiny_run, legacy_python, tmp_path_factory):
-    app = _app_copy(tmp_path_factory.mktemp("android") / "android_demo")
+    app = app_copy(tmp_path_factory.mktemp("android") / "android_demo")
     return export_android(tiny_run.run_dir, app, legacy_python=legacy_python, log=lambda _: None)
 
 
@@ -149,7 +144,7 @@ def test_export_refuses_an_incompatible_model_and_writes_nothing(tiny_run, legac
     run = Path(shutil.copytree(tiny_run.run_dir, tmp_path / "run"))
     int8 = next(run.glob("*_int8.tflite"))
     _with_op_version(int8, int8, "FULLY_CONNECTED", 12)
-    app = _app_copy(tmp_path / "app")
+    app = app_copy(tmp_path / "app")
     with pytest.raises(CompatibilityError, match=r"FULLY_CONNECTED v12"):
         export_android(run, app, legacy_python=legacy_python, log=lambda _: None)
     assert not (app / ASSETS_DIR).exists() and not (app / GOLDEN_DIR).exists()
@@ -159,7 +154,7 @@ def test_labels_that_do_not_match_the_model_output_are_refused_before_anything_i
     run = Path(shutil.copytree(tiny_run.run_dir, tmp_path / "run"))
     labels = (run / "labels.txt").read_text().split()
     (run / "labels.txt").write_text("\n".join(labels[:9]) + "\n")
-    app = _app_copy(tmp_path / "app")
+    app = app_copy(tmp_path / "app")
     with pytest.raises(CompatibilityError, match=r"gives 10 scores but labels.txt has 9 names"):
         export_android(run, app, legacy_python=False, log=lambda _: None)
     assert not (app / ASSETS_DIR).exists()

@@ -80,7 +80,7 @@ def test_op_without_int8_kernel_fails_naming_the_op():
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     rng = np.random.default_rng(0)
-    representative = lambda: ([rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)] for _ in range(10))  # noqa: E731
+    representative = lambda: ([rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)] for _ in range(10))
     with pytest.raises(tp.ConversionError, match=r"would leave ops in float: SIN #\d+ \(.*sine.*\)"):
         convert_int8(model, representative)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, data_and_cnn
+from conftest import CLI, app_copy, data_and_cnn
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import Interrupted
@@ -112,9 +112,7 @@ def test_a_stop_while_writing_the_report_publishes_nothing(inputs, tmp_path, mon
 
 
 def test_a_stop_during_the_android_export_leaves_the_app_as_it_was(tiny_run, tmp_path, monkeypatch, capsys):
-    from test_android import _app_copy
-
-    app = _app_copy(tmp_path / "app")
+    app = app_copy(tmp_path / "app")
     before = sorted(str(p.relative_to(app)) for p in app.rglob("*"))
     written = []
 

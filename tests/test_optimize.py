@@ -108,7 +108,7 @@ def test_qat_activation_ranges_start_from_the_calibration_data(small_model, tiny
 
 def test_pruning_does_not_touch_the_input_model(tiny_model):
     before = [w.copy() for w in tiny_model.get_weights()]
-    pruned, names = prune_low_magnitude(tiny_model, PruneConfig(enabled=True), total_steps=10)
+    _pruned, names = prune_low_magnitude(tiny_model, PruneConfig(enabled=True), total_steps=10)
     assert names and all(np.array_equal(a, b) for a, b in zip(before, tiny_model.get_weights(), strict=True))
     assert not any(n in ("Conv1", "predictions") for n in names)  # MobileNetV2 defaults keep stem and classifier
 

@@ -69,5 +69,5 @@ def test_cli_override_values_are_parsed_as_toml():
     assert parse_override("train.epochs=2") == ("train.epochs", 2)
     assert parse_override("convert.variants=['int8']") == ("convert.variants", ["int8"])
     assert parse_override("data.root=/some/dir") == ("data.root", "/some/dir")
-    with pytest.raises(tp.RecipeError, match="expected `section.key=value`"):
+    with pytest.raises(tp.RecipeError, match=r"expected `section\.key=value`"):
         parse_override("epochs")

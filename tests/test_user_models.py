@@ -20,7 +20,7 @@ from tflite_pipeline.optimize.channels import model_macs
 from tflite_pipeline.tflite.convert import anchor_pixel_range
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from user_models import build_keras3_guide_model, build_tf_keras_guide_model  # noqa: E402
+from user_models import build_keras3_guide_model, build_tf_keras_guide_model
 
 SIZE = 32
 GATE_OPEN = ["--max-top1-drop", "100", "--min-agreement", "0"]  # untrained tiny models: parity is not the point
@@ -103,7 +103,7 @@ def test_a_keras3_layer_without_a_tf_keras_twin_is_a_model_error_naming_it():
 
 
 def test_a_rebuild_whose_outputs_differ_is_refused(monkeypatch):
-    from tflite_pipeline import rebuild
+    from tflite_pipeline.model import rebuild
 
     monkeypatch.setattr(rebuild, "max_output_difference", lambda *args, **kwargs: (0.5, 1.0))
     with pytest.raises(tp.ModelError, match=r"differs from it by up to 0.5"):
@@ -285,7 +285,7 @@ def test_diagnosis_and_the_float_fallback_take_nested_and_keras3_models(flavour,
 def test_when_a_compressed_stage_misses_the_gate_the_report_names_the_stage_that_lost_it(tiny_run):
     from dataclasses import replace
 
-    from tflite_pipeline.runs.report import StageRecord
+    from tflite_pipeline.optimize.stage import StageRecord
 
     report = tiny_run.report
     missed = replace(report.parity.row("int8"), variant="pqat_int8", source="pqat Keras",

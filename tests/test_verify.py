@@ -35,7 +35,7 @@ def test_quantize_gives_every_pixel_the_integer_tensorflow_fake_quantization_giv
     x = PreprocessSpec(1, 1, normalization=normalization).normalize(np.arange(256, dtype=np.uint8))
     faked = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8).numpy()
     scale = np.float32((high - low) / 255)
-    zero_point = int(round(-low / scale)) - 128  # tflite's int8 zero point for this range
+    zero_point = round(-low / scale) - 128  # tflite's int8 zero point for this range
     expected = np.round(faked / scale).astype(int) + zero_point
     np.testing.assert_array_equal(quantize(x, scale, zero_point, np.int8), expected)
     np.testing.assert_array_equal(quantize(x, scale, zero_point + 128, np.uint8), expected + 128)

@@ -20,9 +20,20 @@ import importlib
 from typing import Any
 
 from tflite_pipeline import env  # noqa: F401  (must run before anything imports TensorFlow)
-from tflite_pipeline.errors import (CompatibilityError, ConversionError, DataError, DependencyError, Interrupted,
-                                    ModelError, OptionalStepError, OutputError, ParityError, PipelineError,
-                                    RecipeError, TFLiteFileError)
+from tflite_pipeline.errors import (
+    CompatibilityError,
+    ConversionError,
+    DataError,
+    DependencyError,
+    Interrupted,
+    ModelError,
+    OptionalStepError,
+    OutputError,
+    ParityError,
+    PipelineError,
+    RecipeError,
+    TFLiteFileError,
+)
 
 __version__ = "0.3.0"
 
@@ -37,7 +48,7 @@ _LAZY = {
 }
 _SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export")
 
-__all__ = [  # noqa: RUF022 - verbs, results, errors
+__all__ = [  # noqa: PLE0604 - verbs, results, errors (in that order)
     *_LAZY,
     "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
     "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "OptionalStepError", "Interrupted",

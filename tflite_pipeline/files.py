@@ -1,8 +1,5 @@
-"""Atomic outputs: files are written to a temporary name and renamed into place; a run folder is
-built under a hidden staging name and renamed into `models/<run-name>` only when complete.
-
-An interrupted run therefore leaves either nothing or a finished folder, never a half-written
-`.tflite` or report. An existing run folder is never replaced unless `overwrite=True`.
+"""Atomic file writes and hashes: a file is written to a temporary name, synced and renamed into place, with
+the permissions `open()` would give (umask respected), so an interrupted write leaves the old file or none.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +97,7 @@ def measure() -> dict:
     for name, row in rows.items():
         variants[name] = {"top1": row["top1"], "agreement": row["agreement"], "tolerance": TOLERANCE[name]}
     return {"model": MODEL.name, "validation": "representative_data/validation", "images": report["data"]["validation"],
-            "measured": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "versions": report["versions"],
+            "measured": {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "versions": report["versions"],
                          "machine": report["machine"]},
             "min_agreement": {"int8": MIN_AGREEMENT_INT8}, "variants": variants}
 

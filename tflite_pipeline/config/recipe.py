@@ -1,20 +1,18 @@
-"""Recipes: every knob of a run in frozen, validated dataclasses, loaded from TOML by name or path.
+"""Recipes: every section of a run, loaded from TOML by name or path, with dotted overrides.
 
-    recipe = load_recipe("default")                    # bundled: tflite_pipeline/recipes/default.toml
+    recipe = load_recipe("default")                    # bundled: tflite_pipeline/config/recipes/default.toml
     recipe = load_recipe("my_recipe.toml")             # a file of your own
     recipe = recipe.with_overrides({"train.epochs": 2})
-
-Unknown keys and out-of-range values raise `RecipeError` naming the field, e.g.
-"Received `train.epochs=0`; expected an integer >= 1."
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tflite_pipeline.config.sections import (
     BenchConfig,
@@ -35,7 +33,7 @@ from tflite_pipeline.config.sections import (
 )
 from tflite_pipeline.errors import RecipeError
 
-_SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, type[Section]] = {  # TOML table name -> its dataclass, in recipe order
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, DistributeConfig,
                                  ChannelsConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig, ConvertConfig,
                                  VerifyConfig, DiagnoseConfig, BenchConfig)
@@ -79,32 +77,32 @@ class Recipe:
 
     @property
     def optimizes(self) -> bool:
-        """Whether the recipe has fine-tuning stages after the baseline."""
-        return self.channels.enabled or self.prune.enabled or self.cluster.enabled or self.qat.enabled
+        """Whether the recipe has fine-tuning stages after the baseline (an enabled `fine_tune` section)."""
+        return any(cls.fine_tune and getattr(self, key).enabled for key, cls in SECTIONS.items())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "Recipe":
+    def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> Recipe:
         top_level = {"name", "description"}
-        unknown = sorted(set(data) - set(_SECTIONS) - top_level)
+        unknown = sorted(set(data) - set(SECTIONS) - top_level)
         if unknown:
             raise RecipeError(f"Unknown section `[{unknown[0]}]` in recipe {name!r}; known sections: "
-                              f"{', '.join(sorted(_SECTIONS))}.")
-        sections = {key: _SECTIONS[key].from_dict(data[key]) for key in _SECTIONS if key in data}
+                              f"{', '.join(sorted(SECTIONS))}.")
+        sections = {key: SECTIONS[key].from_dict(data[key]) for key in SECTIONS if key in data}
         return cls(name=str(data.get("name", name)), description=str(data.get("description", "")), **sections)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
-        out.update({key: getattr(self, key).to_dict() for key in _SECTIONS})
+        out.update({key: getattr(self, key).to_dict() for key in SECTIONS})
         return out
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
         """A copy with dotted keys replaced, e.g. `{"train.epochs": 1, "model.alpha": 0.5}`."""
         data = self.to_dict()
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
-            if section not in _SECTIONS or not key:
+            if section not in SECTIONS or not key:
                 raise RecipeError(f"Received override `{dotted}`; expected `section.key` with section one of "
-                                  f"{', '.join(sorted(_SECTIONS))}.")
+                                  f"{', '.join(sorted(SECTIONS))}.")
             data[section][key] = value
         return Recipe.from_dict(data, name=self.name)
 

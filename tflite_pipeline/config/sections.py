@@ -1,11 +1,8 @@
-"""Recipes: every knob of a run in frozen, validated dataclasses, loaded from TOML by name or path.
-
-    recipe = load_recipe("default")                    # bundled: tflite_pipeline/recipes/default.toml
-    recipe = load_recipe("my_recipe.toml")             # a file of your own
-    recipe = recipe.with_overrides({"train.epochs": 2})
+"""The recipe's sections: one frozen, validated dataclass each, with the vocabulary they accept.
 
 Unknown keys and out-of-range values raise `RecipeError` naming the field, e.g.
-"Received `train.epochs=0`; expected an integer >= 1."
+"Received `train.epochs=0`; expected an integer >= 1." docs/recipe-reference.md is generated from these
+classes (field comments included): keep a field's comment next to it.
 """
 
 from __future__ import annotations
@@ -13,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from tflite_pipeline.errors import RecipeError
 
 BUNDLED_DATA = "<bundled>"
+MOBILENET_V2 = "mobilenet_v2"   # model.source: build the MobileNetV2 here instead of loading a file
 NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
 AUTO_NORMALIZATION = "auto"   # raw pixels when the model normalizes its own input, else minus_one_to_one
 IO_DTYPES = ("int8", "uint8")
@@ -37,9 +36,10 @@ class Section:
     """Mixin: `from_dict` that rejects unknown keys and coerces lists to tuples, and `to_dict`."""
 
     section: ClassVar[str]
+    fine_tune: ClassVar[bool] = False   # an `enabled` section whose stage changes the model after the baseline
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Section":
+    def from_dict(cls, data: Mapping[str, Any]) -> Section:
         if not isinstance(data, Mapping):
             raise RecipeError(f"Received `{cls.section}` = {data!r}; expected a table of settings.")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -100,7 +100,7 @@ class ModelConfig(Section):
     """The float baseline: a MobileNetV2 built here, or a Keras model file of yours (`source = path`)."""
 
     section: ClassVar[str] = "model"
-    source: str = "mobilenet_v2"
+    source: str = MOBILENET_V2
     name: str = ""               # file stem of the outputs; default: "mobilenet_v2" or the model file's stem
     alpha: float = 0.35          # MobileNetV2 width multiplier
     input_size: int = 64         # square input resolution
@@ -245,6 +245,7 @@ class PruneConfig(Section):
     """
 
     section: ClassVar[str] = "prune"
+    fine_tune: ClassVar[bool] = True
     enabled: bool = False
     structure: str = "unstructured"      # or "2:4": two of every four weights zero (fixed 50%)
     schedule: str = "polynomial"         # polynomial decay from initial to target, or constant target
@@ -277,6 +278,7 @@ class ClusterConfig(Section):
     """Weight clustering (weight sharing) fine-tune with tfmot, then `strip_clustering`."""
 
     section: ClassVar[str] = "cluster"
+    fine_tune: ClassVar[bool] = True
     enabled: bool = False
     clusters: int = 16
     epochs: int = 3
@@ -299,6 +301,7 @@ class QATConfig(Section):
     after pruning, cluster-preserving (CQAT) after clustering, else tfmot's default 8-bit scheme."""
 
     section: ClassVar[str] = "qat"
+    fine_tune: ClassVar[bool] = True
     enabled: bool = False
     epochs: int = 2
     learning_rate: float = 1e-4
@@ -341,6 +344,7 @@ class ChannelsConfig(Section):
     """
 
     section: ClassVar[str] = "channels"
+    fine_tune: ClassVar[bool] = True
     enabled: bool = False
     criterion: str = "activation"   # activation (mean |activation| x consumer weight norm, on data), bn_scale, l1
     ratio: float = 0.5              # fraction of each group's channels removed (ignored when mac_budget > 0)
@@ -374,7 +378,7 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 @dataclass(frozen=True)
 class DistributeConfig(Section):
     """tf.distribute for every training stage (baseline, channels, pruning, clustering, QAT, distillation).
-    `train.batch_size` is the GLOBAL batch, split across the replicas. See `distribute.py`."""
+    `train.batch_size` is the GLOBAL batch, split across the replicas. See `model/distribute.py` and docs/scaling.md."""
 
     section: ClassVar[str] = "distribute"
     strategy: str = "default"    # default (one device) | mirrored (all local GPUs, else the logical CPUs) |

@@ -1,7 +1,5 @@
-"""Image-folder datasets and THE preprocessing spec.
-
-One `PreprocessSpec` turns a file into model input for training, calibration, evaluation and
-(through `preprocessing.json`) the Android app:
+"""THE preprocessing spec: one `PreprocessSpec` turns an image file into model input for training,
+calibration, evaluation and (through `preprocessing.json`) the Android app:
 
     decode with Pillow -> EXIF orientation -> RGB (or L) -> bilinear resize to the model input
     -> normalize: minus_one_to_one  x = p / 127.5 - 1
@@ -9,16 +7,17 @@ One `PreprocessSpec` turns a file into model input for training, calibration, ev
                   raw               x = p            (the model normalizes inside itself)
                   mean_std          x = (p / 255 - mean) / std   (per channel)
 
-Datasets stream from disk through tf.data; nothing holds a whole split in memory.
+A file that does not decode is a `DataError` naming it, also from inside tf.data (`data_errors`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,7 +53,7 @@ class PreprocessSpec:
 
     @classmethod
     def from_config(cls, config: PreprocessConfig, input_shape: Sequence[int], *,
-                    model_normalizes: str | None = None) -> "PreprocessSpec":
+                    model_normalizes: str | None = None) -> PreprocessSpec:
         """Combine a recipe's normalization with a model input shape `(height, width, channels)`.
 
         `normalization = "auto"` becomes `raw` when `model_normalizes` says what normalizes the input inside the
@@ -70,12 +69,12 @@ class PreprocessSpec:
                    mean=tuple(config.mean), std=tuple(config.std), source=source)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
 
     @classmethod
-    def read_json(cls, path: str | Path) -> "PreprocessSpec":
+    def read_json(cls, path: str | Path) -> PreprocessSpec:
         """Read a `preprocessing.json` written by a run."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import flatbuffers
 import numpy as np
@@ -190,7 +191,7 @@ def find_legacy_python(explicit: str | Path | None = None) -> Path | None:
     return None
 
 
-def _single_op_model(model: "schema.ModelT", code: "schema.OperatorCodeT") -> bytes:
+def _single_op_model(model: schema.ModelT, code: schema.OperatorCodeT) -> bytes:
     """A model holding one operator code and one tensor, no operators: loads iff the runtime has the kernel."""
     tensor = schema.TensorT()
     tensor.name, tensor.shape, tensor.type, tensor.buffer = b"x", [1], schema.TensorType.FLOAT32, 0
@@ -202,7 +203,7 @@ def _single_op_model(model: "schema.ModelT", code: "schema.OperatorCodeT") -> by
     return pack_model(probe)
 
 
-def pack_model(model: "schema.ModelT") -> bytes:
+def pack_model(model: schema.ModelT) -> bytes:
     """Serialize a (modified) model object tree back to `.tflite` bytes."""
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
@@ -231,7 +232,7 @@ def _runtime_name(raw: str) -> str:
 
 def check_compatibility(models: Sequence[str | Path], *, inputs: Mapping[str, Sequence[np.ndarray]] | None = None,
                         spec: PreprocessSpec | None = None, num_labels: int | None = None,
-                        legacy_python: str | Path | None | bool = None) -> tuple[Compatibility, ...]:
+                        legacy_python: str | Path | bool | None = None) -> tuple[Compatibility, ...]:
     """Load every op and run every model in LiteRT (this environment) and in TFLite 2.14 (`legacy_python`;
     found by `find_legacy_python` when None, skipped when False). `inputs` maps a model path to raw input
     tensors (a zero tensor when absent); the older runtime must give the same top-1 on them. With `spec`
@@ -388,7 +389,7 @@ def model_config(spec: PreprocessSpec, labels: Sequence[str], models: Sequence[P
 
 def export_android(run_dir: str | Path, app_dir: str | Path | None = None, *, models: Sequence[str] | None = None,
                    images: str | Path | None = None, golden_count: int = 3,
-                   legacy_python: str | Path | None | bool = None,
+                   legacy_python: str | Path | bool | None = None,
                    log: Callable[[str], None] = print) -> AndroidExport:
     """Check a run's models and copy them, `labels.txt`, `model_config.json` and golden vectors into the app.
 

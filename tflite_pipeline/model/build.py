@@ -1,14 +1,13 @@
-"""Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
+"""The flat MobileNetV2 baseline (tf_keras, which tfmot requires): width, resolution, BatchNorm momentum.
 
-The builder makes Keras 2 (`tf_keras`) models, which tfmot requires. Users' files may be tf_keras or Keras 3
-(`.keras` or `.h5` saved by `import keras`): both load here, in safe mode, and conversion and verification take
-either as it is; `rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
+`weights="imagenet"` needs Keras' download once (or a local weights file); without it the model starts from a
+seeded random initialisation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import tf_keras as keras
 
@@ -43,7 +42,7 @@ def build_mobilenet_v2(num_classes: int, input_size: int | Sequence[int] = 64, *
     try:
         backbone = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False,
                                                   weights=weights, pooling="avg")
-    except Exception as error:  # noqa: BLE001 - Keras raises bare Exceptions for download failures
+    except Exception as error:
         if weights == "imagenet":
             raise ModelError(f"Could not fetch the MobileNetV2 ImageNet weights ({error}). This machine may have "
                              "no internet access: download them where you can (they are cached in "

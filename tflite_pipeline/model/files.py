@@ -1,8 +1,6 @@
-"""Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
-
-The builder makes Keras 2 (`tf_keras`) models, which tfmot requires. Users' files may be tf_keras or Keras 3
-(`.keras` or `.h5` saved by `import keras`): both load here, in safe mode, and conversion and verification take
-either as it is; `rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
+"""Our own model files, in one place: `.keras`, or `.h5` for QAT models (tfmot's quantize wrappers only
+reload from h5, inside its quantize scope), and copies of a model (independent, or free of a tf.distribute
+strategy). Used by the stage cache, the run folder and the isolated converter.
 """
 
 from __future__ import annotations
@@ -89,7 +87,7 @@ _CQAT_TRAINING_ONLY = frozenset({"cluster_centroids_tf", "pulling_indices_tf", "
 
 
 def short_variable_name(name: str) -> str:
-    return name.split("/")[-1].split(":")[0]
+    return name.rsplit("/", maxsplit=1)[-1].split(":", maxsplit=1)[0]
 
 
 def _load_without_training_only_variables(path: Path) -> keras.Model:
@@ -111,6 +109,7 @@ def _load_without_training_only_variables(path: Path) -> keras.Model:
             if [short_variable_name(n) for n in kept] != [short_variable_name(v.name) for v in variables]:
                 raise ModelError(f"Cannot reload layer {layer.name!r} from {str(path)!r}: the file holds weights "
                                  f"{[short_variable_name(n) for n in saved]}, the rebuilt layer has "
-                                 f"{[short_variable_name(v.name) for v in variables]}. Re-save it with this tflite_pipeline.")
+                                 f"{[short_variable_name(v.name) for v in variables]}. Re-save it with this "
+                                 "tflite_pipeline.")
             keras.backend.batch_set_value([(v, group[name][()]) for v, name in zip(variables, kept, strict=True)])
     return model

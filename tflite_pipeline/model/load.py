@@ -1,8 +1,8 @@
-"""Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
+"""Loading users' model files safely: tf_keras or Keras 3 (`.keras`, `.h5`, SavedModel folders).
 
-The builder makes Keras 2 (`tf_keras`) models, which tfmot requires. Users' files may be tf_keras or Keras 3
-(`.keras` or `.h5` saved by `import keras`): both load here, in safe mode, and conversion and verification take
-either as it is; `rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
+Lambda layers store Python code that runs while a file loads: in safe mode (the default) such files are
+refused with a `ModelError` before Keras reads them. Conversion and verification take either Keras as it is;
+`rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
             model = keras3_api.saving.load_model(path, compile=False, **kwargs)
         else:
             model = keras.models.load_model(path, compile=False, **kwargs)
-    except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable files
+    except Exception as error:
         if safe_mode and ("Lambda" in str(error) or "safe_mode" in str(error)):
             raise ModelError(f"{str(path)!r} contains a Lambda layer. {UNSAFE_HINT}") from None
         words = " ".join(str(error).split())[:500]

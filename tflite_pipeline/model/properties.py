@@ -1,21 +1,16 @@
-"""Keras models: the flat MobileNetV2 builder, loading users' files, and the classifier contract.
-
-The builder makes Keras 2 (`tf_keras`) models, which tfmot requires. Users' files may be tf_keras or Keras 3
-(`.keras` or `.h5` saved by `import keras`): both load here, in safe mode, and conversion and verification take
-either as it is; `rebuild.flat_tf_keras` makes the flat tf_keras twin the tfmot stages need.
+"""What a Keras classifier is, whichever Keras made it: input shape, classes, softmax or logits, parameter
+count, and the checks every step relies on (labels match the outputs, weights are finite).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tf_keras as keras
 
 from tflite_pipeline.errors import ModelError
-
-MOBILENET_V2 = "mobilenet_v2"
 
 
 def is_keras_model(model: object) -> bool:

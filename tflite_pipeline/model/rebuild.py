@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -85,7 +86,8 @@ def _is_layer(op: object) -> bool:
 
 
 def has_op_preprocessing(model: object) -> bool:
-    """Whether the model holds affine op layers (`preprocess_input` as TFOpLambda, Keras 3 ops) that tfmot cannot wrap."""
+    """Whether the model holds affine op layers (`preprocess_input` as TFOpLambda, Keras 3 ops) that tfmot cannot
+    wrap."""
     return any(_op_name(op) for op, *_ in _nodes(model))
 
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 import tf_keras as keras
 
 from tflite_pipeline.config.recipe import Recipe
-from tflite_pipeline.model.properties import MOBILENET_V2
+from tflite_pipeline.config.sections import MOBILENET_V2
 from tflite_pipeline.model.train import train_classifier
 from tflite_pipeline.optimize.stage import StageContext, StageOutput, StageRecord
 

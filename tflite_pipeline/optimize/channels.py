@@ -22,8 +22,9 @@ a Concatenate, a Flatten, a model output or an unknown layer are left alone, wit
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import tf_keras as keras
@@ -74,7 +75,7 @@ class ChannelGraph:
     costs: Mapping[str, _Cost]           # every Conv2D/DepthwiseConv2D/Dense layer
 
     @classmethod
-    def of(cls, model: keras.Model) -> "ChannelGraph":
+    def of(cls, model: keras.Model) -> ChannelGraph:
         """Trace every Conv2D/Dense layer's output channels (of the flat tf_keras rebuild of a nested or Keras 3
         model, `rebuild.flat_model`)."""
         model = flat_model(model)
@@ -300,7 +301,7 @@ class ChannelPlan:
                 "skipped": dict(self.skipped)}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "ChannelPlan":
+    def from_state(cls, state: Mapping[str, Any]) -> ChannelPlan:
         return cls(**{**state, "keep": {name: np.asarray(kept, np.int64) for name, kept in state["keep"].items()}})
 
 
@@ -418,7 +419,7 @@ def apply_plan(model: keras.Model, plan: ChannelPlan) -> keras.Model:
     def clone_layer(layer: _L.Layer) -> _L.Layer:
         config = layer.get_config()
         if layer.name in plan.keep:
-            config["filters" if type(layer) is _L.Conv2D else "units"] = int(len(plan.keep[layer.name]))
+            config["filters" if type(layer) is _L.Conv2D else "units"] = len(plan.keep[layer.name])
         return layer.__class__.from_config(config)
 
     thin = keras.models.clone_model(model, clone_function=clone_layer)

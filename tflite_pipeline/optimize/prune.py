@@ -18,7 +18,7 @@ from tflite_pipeline.optimize.stage import FineTuneStage, StageContext, StageOut
 _sparsity = tfmot.sparsity.keras
 
 
-def pruning_schedule(config: PruneConfig, total_steps: int) -> "_sparsity.PruningSchedule":
+def pruning_schedule(config: PruneConfig, total_steps: int) -> _sparsity.PruningSchedule:
     """The schedule over `total_steps` fine-tune steps; the target is reached at `end_fraction` of them."""
     end_step = max(1, int(total_steps * config.end_fraction))
     frequency = max(1, end_step // 20)

@@ -13,7 +13,7 @@ them 0.1% per training step, so after a short fine-tune every ReLU6 output is st
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -141,7 +141,7 @@ def quantize_aware(model: keras.Model, scheme: str = "default", *,
     try:
         with _quant.quantize_scope(CUSTOM_OBJECTS):
             qat = _quant.quantize_apply(_annotate(model), _scheme(scheme))
-    except Exception as error:  # noqa: BLE001 - tfmot raises RuntimeError, ValueError, NameError, ...
+    except Exception as error:
         raise ModelError(f"tfmot cannot quantize {model.name!r} for QAT: {error}".split("\n")[0] +
                          " Remove or replace that layer, or skip the [qat] stage (post-training int8 still "
                          "works).") from None

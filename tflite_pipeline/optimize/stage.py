@@ -8,9 +8,10 @@ loops over `STAGES` (see `optimize/__init__.py`): it caches each finished stage 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Iterator, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import tf_keras as keras

@@ -1,8 +1,7 @@
-"""Atomic outputs: files are written to a temporary name and renamed into place; a run folder is
-built under a hidden staging name and renamed into `models/<run-name>` only when complete.
+"""The run folder: built under a hidden staging name and renamed into `models/<run-name>` only when complete.
 
-An interrupted run therefore leaves either nothing or a finished folder, never a half-written
-`.tflite` or report. An existing run folder is never replaced unless `overwrite=True`.
+An interrupted run therefore leaves either nothing or a finished folder, never a half-written `.tflite` or
+report. An existing run folder is never replaced unless `overwrite=True`.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class RunFolder:
                               "--overwrite to replace it.")
         check_writable(self.final.parent)
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         self.check_available()
         self.created = missing_folders(self.final.parent)
         try:
@@ -123,12 +122,12 @@ class RunFolder:
                 old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
                 os.replace(self.final, old)
             os.replace(self.staging, self.final)
-        except OSError as error:
+        except OSError as failure:
             if old is not None and not self.final.exists():
                 os.replace(old, self.final)  # put the previous run back: nothing is lost
                 old = None
             shutil.rmtree(self.staging, ignore_errors=True)
             self._remove_created()
-            raise OutputError(f"Cannot publish run folder {str(self.final)!r}: {error.strerror}.") from None
+            raise OutputError(f"Cannot publish run folder {str(self.final)!r}: {failure.strerror}.") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,20 +1,16 @@
-"""Orchestration: recipe -> float baseline -> [training] -> TFLite variants -> LiteRT parity -> run folder.
-
-Stages live in their own modules; this one only wires them, names the artifacts, times them and
-publishes the run folder atomically (see `runfolder.RunFolder`).
+"""`manifest.json`: what a run was made from (versions, recipe, input model and data listings) and the sha256
+of everything it wrote.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from tflite_pipeline.config.recipe import Recipe
+from tflite_pipeline.config.sections import MOBILENET_V2
 from tflite_pipeline.data.folders import DatasetSplits
 from tflite_pipeline.files import sha256_tree
-from tflite_pipeline.model.properties import (
-    MOBILENET_V2,
-)
 
 
 def run_manifest(recipe: Recipe, splits: DatasetSplits, versions: Mapping[str, str], outputs: Mapping[str, str]

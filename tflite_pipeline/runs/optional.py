@@ -7,8 +7,8 @@ else is an `OptionalStepError`, exit 12) and costs the user nothing that was ver
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import tf_keras as keras
 
@@ -17,7 +17,7 @@ from tflite_pipeline.errors import OptionalStepError, PipelineError
 from tflite_pipeline.optimize.stage import StageContext
 from tflite_pipeline.progress import Log
 from tflite_pipeline.progress import log as _stderr
-from tflite_pipeline.runs.folder import RunFolder
+from tflite_pipeline.runs.outputs import RunOutputs
 from tflite_pipeline.runs.report import ModelArtifact, StepFailure
 from tflite_pipeline.tflite.bench import LatencyResult, measure_latency
 from tflite_pipeline.tflite.convert import RepresentativeDataset, representative_dataset
@@ -29,7 +29,7 @@ from tflite_pipeline.tflite.diagnose import (
     top1_evaluator,
 )
 from tflite_pipeline.tflite.flatbuffer import inspect_tflite
-from tflite_pipeline.tflite.parity import ParityReport, ParityRow, measure_parity
+from tflite_pipeline.tflite.parity import ParityRow, measure_parity
 
 
 class OptionalSteps:
@@ -43,7 +43,7 @@ class OptionalSteps:
             **kwargs: object) -> object:
         try:
             return function(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - an optional step must never cost the verified models
+        except Exception as error:
             family = error if isinstance(error, PipelineError) else OptionalStepError
             message = " ".join(str(error).split())[:500] or type(error).__name__
             failure = StepFailure(step=step, error=type(error).__name__, message=message, exit_code=family.exit_code)
@@ -51,26 +51,6 @@ class OptionalSteps:
             self._log(f"warning: optional step {step!r} failed ({failure.error}: {message}); the verified models "
                       "are kept and the report names the failure")
             return default
-
-
-@dataclass
-class RunOutputs:
-    """What a run has made so far, in its folder: the `.tflite` files (bytes and measured artifacts), the Keras
-    model each came from, the parity report, and what the optional steps add (diagnoses, fallbacks, latency)."""
-
-    baseline: keras.Model
-    context: StageContext
-    folder: RunFolder
-    name: str                                  # file-name stem: `<name>_<variant>.tflite`
-    jobs: list                                 # the ExportJobs (runs.pipeline)
-    representative: RepresentativeDataset | None = None
-    flatbuffers: dict[str, bytes] = field(default_factory=dict)
-    artifacts: list[ModelArtifact] = field(default_factory=list)
-    sources: dict[str, tuple[str, keras.Model]] = field(default_factory=dict)  # variant -> (label, its Keras model)
-    parity: ParityReport | None = None
-    diagnoses: list[Diagnosis] = field(default_factory=list)
-    fallbacks: list[FallbackResult] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,8 +111,8 @@ def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, sourc
     misses_budget = d.fallback and drop > d.max_top1_drop + 1e-9
     if d.mode == "off" or (d.mode == "on_failure" and row.passed and not misses_budget):
         return None
-    log(f"[diagnose] {variant}: per-layer quantization error on {d.samples} calibration images")
     samples = representative_dataset(context.calibration_images(), context.spec, d.samples, seed=recipe.train.seed + 1)
+    log(f"[diagnose] {variant}: per-layer quantization error on {samples.num_samples} calibration images")
     debug = QuantizationDebug(source, representative, debug_samples=samples, io_dtype=recipe.convert.io_dtype,
                               variant=variant)
     diagnosis = debug.diagnose()

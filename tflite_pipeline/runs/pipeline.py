@@ -25,14 +25,14 @@ import tf_keras as keras
 
 from tflite_pipeline import env
 from tflite_pipeline.config.recipe import Recipe, load_recipe
-from tflite_pipeline.config.sections import BUNDLED_DATA, VARIANTS
+from tflite_pipeline.config.sections import BUNDLED_DATA, MOBILENET_V2, VARIANTS
 from tflite_pipeline.data.folders import DatasetSplits, bundled_data_root, open_splits
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.model.build import build_mobilenet_v2
 from tflite_pipeline.model.distribute import is_chief, make_strategy
 from tflite_pipeline.model.files import standalone_copy
 from tflite_pipeline.model.load import load_model
-from tflite_pipeline.model.properties import MOBILENET_V2, check_finite_weights, check_labels, image_input_shape
+from tflite_pipeline.model.properties import check_finite_weights, check_labels, image_input_shape
 from tflite_pipeline.model.rebuild import Rebuild, flat_tf_keras, input_preprocessing, is_keras3, needs_rebuild
 from tflite_pipeline.optimize import Stage, StageContext, StageOutput, StageRecord, active_stages
 from tflite_pipeline.optimize.channels import model_macs
@@ -41,7 +41,8 @@ from tflite_pipeline.progress import log as _stderr
 from tflite_pipeline.runs.cache import StageCache, inputs_key, stage_key
 from tflite_pipeline.runs.folder import RunFolder, check_run_name
 from tflite_pipeline.runs.manifest import run_manifest
-from tflite_pipeline.runs.optional import OPTIONAL_STEPS, OptionalSteps, RunOutputs
+from tflite_pipeline.runs.optional import OPTIONAL_STEPS, OptionalSteps
+from tflite_pipeline.runs.outputs import RunOutputs, export_jobs
 from tflite_pipeline.runs.report import ModelArtifact, RunReport
 from tflite_pipeline.runs.verify import KERAS_FILE_SUFFIX
 from tflite_pipeline.tflite.bench import cpu_description
@@ -163,7 +164,8 @@ class Prepared:
 
 
 def data_root(recipe: Recipe) -> Path:
-    return bundled_data_root() if recipe.data.root == BUNDLED_DATA else Path(recipe.data.root)
+    """The dataset folder, absolute: a run folder's report must lead `verify` back to it from anywhere."""
+    return bundled_data_root() if recipe.data.root == BUNDLED_DATA else Path(recipe.data.root).absolute()
 
 
 def model_name(recipe: Recipe) -> str:
@@ -300,30 +302,6 @@ def cached_or_run(stage: Stage, model: keras.Model, previous: StageRecord | None
 
 
 # --- convert, verify, publish ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ExportJob:
-    """One `.tflite` to write: `<model>_<variant>.tflite`, converted as `kind` from a stage (None: the baseline)."""
-
-    variant: str
-    kind: str
-    stage: StageOutput | None = None
-
-    def source_model(self, baseline: keras.Model) -> keras.Model:
-        return baseline if self.stage is None else self.stage.model
-
-
-def export_jobs(stages: tuple[StageOutput, ...], variants: tuple[str, ...]) -> list[ExportJob]:
-    """The recipe's variants of the baseline, the last stage as int8, and a stage that changed the architecture
-    (channel pruning) also as float32 when float32 is asked for, so float latency before/after is measured."""
-    jobs = [ExportJob(variant, variant) for variant in variants]
-    thinned = next((s for s in stages if s.changes_architecture), None)
-    if thinned is not None and "float32" in variants:
-        jobs.append(ExportJob(f"{thinned.label}_float32", "float32", thinned))
-    if stages:
-        jobs.append(ExportJob(f"{stages[-1].label}_int8", "int8", stages[-1]))
-    return jobs
-
 
 def convert_verify_publish(trained: Trained, folder: RunFolder, clock: RunClock) -> RunReport:
     """Convert every variant, verify them against the baseline, run the optional steps, and publish the folder.

@@ -8,30 +8,14 @@ import html
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tflite_pipeline.optimize.channels import format_groups
+from tflite_pipeline.optimize.stage import StageRecord
 from tflite_pipeline.tflite.bench import LatencyResult
 from tflite_pipeline.tflite.diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, layer_name
 from tflite_pipeline.tflite.flatbuffer import TFLiteInfo, gzip_size
 from tflite_pipeline.tflite.parity import ParityReport
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """One Keras stage of a run: its accuracy and what it did to the weights."""
-
-    name: str
-    keras_top1: float
-    parameters: int
-    layers: tuple[str, ...] = ()          # layers the stage pruned or clustered
-    sparsity: float | None = None         # mean zero fraction over those layers (Keras side)
-    clusters: int | None = None           # most distinct values in one clustered kernel
-    macs: int | None = None               # multiply-accumulates per image (channel pruning lowers them)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StageRecord":
-        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
 
 
 @dataclass(frozen=True)
@@ -59,7 +43,7 @@ class ModelArtifact:
     @classmethod
     def measure(cls, variant: str, file: str, data: bytes, info: TFLiteInfo,
                 layer_sparsity: dict[str, float] | None = None, latency: LatencyResult | None = None
-                ) -> "ModelArtifact":
+                ) -> ModelArtifact:
         return cls(variant=variant, file=file, size_bytes=len(data), gzip_bytes=gzip_size(data), info=info,
                    layer_sparsity=dict(layer_sparsity or {}), latency=latency)
 
@@ -197,7 +181,7 @@ class RunReport:
                 by_reason.setdefault(general, []).append(f"`{layer}`")
             lines += ["", "Kept whole (their channels cannot be removed alone):", ""]
             lines += [f"- {', '.join(layers)}: {reason}" for reason, layers in by_reason.items()]
-        return lines + [""]
+        return [*lines, ""]
 
     def _last_int8(self) -> str | None:
         names = [a.variant for a in self.artifacts if a.variant.endswith("_int8") and a.variant != "int8"]

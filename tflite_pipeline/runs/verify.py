@@ -7,9 +7,10 @@ gate it was checked with; on its own validation images the float model is also h
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tf_keras as keras
 

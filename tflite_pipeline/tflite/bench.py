@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -103,7 +104,7 @@ class LatencyResult:
 
     @classmethod
     def from_times(cls, file: str, times_ns: Sequence[int], *, threads: int, warmup: int, batch: int,
-                   kernels: str) -> "LatencyResult":
+                   kernels: str) -> LatencyResult:
         ms = np.asarray(times_ns, dtype=np.float64) / 1e6
         return cls(file=file, threads=threads, runs=len(ms), warmup=warmup, median_ms=float(np.median(ms)),
                    p90_ms=float(np.percentile(ms, 90)), mean_ms=float(ms.mean()), min_ms=float(ms.min()),
@@ -249,7 +250,7 @@ print(json.dumps({"peak_rss": rss, "how": how}))
 def _child_peak(args: Sequence[str]) -> tuple[int | None, str]:
     try:
         done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, *args], capture_output=True, text=True,
-                              timeout=_MEMORY_TIMEOUT_S, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                              timeout=_MEMORY_TIMEOUT_S, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return None, f"the measuring child process failed to run ({type(error).__name__}: {error})"
     lines = done.stdout.strip().splitlines()
@@ -260,7 +261,7 @@ def _child_peak(args: Sequence[str]) -> tuple[int | None, str]:
     return int(result["peak_rss"]), result["how"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _baseline_peak() -> tuple[int | None, str]:
     return _child_peak([])
 
@@ -292,7 +293,7 @@ def measure_peak_memory(model: str | Path | bytes, *, threads: int = 1, kernels:
     return loaded - base, note
 
 
-def _precision(info: Any, model: "schema.ModelT") -> str:
+def _precision(info: Any, model: schema.ModelT) -> str:
     if info.is_full_integer:
         return "int8"
     graph = model.subgraphs[0]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -52,7 +53,7 @@ class LayerError:
 
 def layer_name(tensor: str) -> str:
     """The Keras layer a converter tensor name comes from, e.g. `block_6_project_BN` (for tables and plots)."""
-    first = tensor.split(";")[0]
+    first = tensor.split(";", maxsplit=1)[0]
     parts = first.split("/")
     return parts[1] if len(parts) > 2 else first
 
@@ -115,7 +116,7 @@ class QuantizationDebug:
         try:
             self._debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=int8_converter(model, representative, io_dtype=io_dtype), debug_dataset=debug_samples)
-        except Exception as error:  # noqa: BLE001 - the debugger raises ValueError/RuntimeError/ConverterError
+        except Exception as error:
             raise ConversionError(f"The quantization debugger could not calibrate the model: "
                                   f"{str(error).strip().splitlines()[0]}") from None
         self._producers = _producers(self._debugger.calibrated_model)
@@ -227,7 +228,7 @@ def accuracy_budgeted_fallback(debug: QuantizationDebug, diagnosis: Diagnosis, e
     what fixes an activation outlier.) Returns the result either way; `result.model` is the first model
     that met the budget (None when the strict int8 model already did, or none did).
     """
-    cap = int(math.floor(max_float_fraction * len(diagnosis.layers) + 1e-9))
+    cap = math.floor(max_float_fraction * len(diagnosis.layers) + 1e-9)
     layers = {e.tensor for e in diagnosis.layers}
     float_layers: tuple[str, ...] = ()
     error = diagnosis.output_error

@@ -123,7 +123,7 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, "schema.ModelT"]:
+def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, schema.ModelT]:
     """The bytes and parsed object tree of a `.tflite`, or `TFLiteFileError` saying what is wrong."""
     if isinstance(source, (bytes, bytearray)):
         data, where = bytes(source), "<bytes>"
@@ -138,7 +138,7 @@ def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, "schema.ModelT"]
                               ".tflite flatbuffer written by the TFLite converter.")
     try:
         model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    except Exception as error:  # noqa: BLE001 - flatbuffers raises struct/index errors on damaged files
+    except Exception as error:
         raise TFLiteFileError(f"{where!r} has a TFLite header but cannot be parsed ({type(error).__name__}: "
                               f"{error}); the file is probably truncated or damaged.") from None
     if not model.subgraphs:
@@ -156,7 +156,7 @@ _ITEM_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 
 _MAX_ELEMENTS = 2**31 - 1
 
 
-def structure_problem(model: "schema.ModelT", file_size: int) -> str:
+def structure_problem(model: schema.ModelT, file_size: int) -> str:
     """What makes a parsed model inconsistent (an index out of range, a shape that does not match its data,
     a quantization scale that is not a positive number), or "" when none is found. A flatbuffer with flipped
     bytes often still parses; these are what then crash or mislead an interpreter, so they are refused first."""
@@ -183,7 +183,7 @@ def structure_problem(model: "schema.ModelT", file_size: int) -> str:
     return ""
 
 
-def _tensor_problem(tensor: "schema.TensorT", buffers: list, file_size: int) -> str:
+def _tensor_problem(tensor: schema.TensorT, buffers: list, file_size: int) -> str:
     shape = [int(d) for d in (tensor.shape if tensor.shape is not None else ())]
     if any(d < 0 for d in shape):
         return f"has shape {shape}"
@@ -215,7 +215,7 @@ def _tensor_problem(tensor: "schema.TensorT", buffers: list, file_size: int) -> 
     return ""
 
 
-def _tensor_info(tensor: "schema.TensorT") -> TensorInfo:
+def _tensor_info(tensor: schema.TensorT) -> TensorInfo:
     quant = tensor.quantization
     scale = zero_point = None
     if quant is not None and quant.scale is not None and len(quant.scale) > 0:
@@ -226,7 +226,7 @@ def _tensor_info(tensor: "schema.TensorT") -> TensorInfo:
                       dtype=_TENSOR_TYPES.get(tensor.type, str(tensor.type)), scale=scale, zero_point=zero_point)
 
 
-def op_name(code: "schema.OperatorCodeT") -> str:
+def op_name(code: schema.OperatorCodeT) -> str:
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
         return f"CUSTOM:{(code.customCode or b'').decode(errors='replace')}"
@@ -241,8 +241,8 @@ def inspect_tflite(source: str | Path | bytes) -> TFLiteInfo:
     names = [op_name(code) for code in model.operatorCodes]
     counts: Counter[tuple[str, int]] = Counter()
     float_ops: list[str] = []
-    graph_inputs = set(int(i) for i in graph.inputs)
-    graph_outputs = set(int(i) for i in graph.outputs)
+    graph_inputs = {int(i) for i in graph.inputs}
+    graph_outputs = {int(i) for i in graph.outputs}
     for index, op in enumerate(graph.operators or ()):
         name = names[op.opcodeIndex]
         counts[(name, int(model.operatorCodes[op.opcodeIndex].version))] += 1
@@ -275,7 +275,7 @@ _WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 _NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32, "float16": np.float16, "int4": np.int8}
 
 
-def _weights(model: "schema.ModelT", graph: "schema.SubGraphT", op_names: list[str]) -> tuple[WeightInfo, ...]:
+def _weights(model: schema.ModelT, graph: schema.SubGraphT, op_names: list[str]) -> tuple[WeightInfo, ...]:
     out = []
     for op in graph.operators or ():
         name = op_names[op.opcodeIndex]

@@ -1,8 +1,8 @@
-"""LiteRT evaluation and the parity gate.
+"""A `.tflite` classifier in the LiteRT interpreter (`ai_edge_litert.interpreter`).
 
-Every `.tflite` runs in the LiteRT interpreter (`ai_edge_litert.interpreter`) on the same float
-batches the Keras model sees, so preprocessing cannot differ. Integer inputs are quantized and
-outputs dequantized with each tensor's own scale and zero point.
+It runs on the same float batches the Keras model sees, so preprocessing cannot differ: integer inputs are
+quantized and outputs dequantized with each tensor's own scale and zero point (`quantize`, `dequantize`, the
+formula the Android app implements too). `OP_RESOLVERS` names the kernels: xnnpack, builtin, reference.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class Normalization(val kind: String, val mean: FloatArray = FloatArray(0), val 
 object Preprocessing {
     /**
      * Float -> integer tensor value: round_half_up(x / scale) + zeroPoint, clamped to the type. Computed in
-     * float32 as TensorFlow's fake quantization (and the pipeline's `verify.quantize`) does, shifting by the
+     * float32 as TensorFlow's fake quantization (and the pipeline's `tflite_pipeline.tflite.interpreter.quantize`) does, shifting by the
      * range's low end and multiplying by levels / range, so that pixels on an exact tie (all of them under
      * minus_one_to_one with scale 2/255) get the integer the QAT model trained with.
      */

@@ -70,7 +70,7 @@ class PreprocessingTest {
             Normalization("minus_one_to_one"), out)
         val bytes = ByteArray(6)
         out.get(bytes)
-        // numpy: verify.quantize(p / np.float32(127.5) - 1, np.float32(1 / 127.5), -1, np.int8); x / scale is a
+        // numpy: tflite_pipeline.tflite.interpreter.quantize(p / np.float32(127.5) - 1, np.float32(1 / 127.5), -1, np.int8); x / scale is a
         // tie for every pixel here (255 -> 127.5 - 1), and ties round up
         assertArrayEquals(byteArrayOf(-128, 127, 0, 127, -128, -1), bytes)
     }
