@@ -6,10 +6,15 @@ part (~10-20 s each), so the run is made once per session and tests read its fol
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,10 +83,32 @@ def tiny_recipe(tiny_data) -> tp.Recipe:
     return tp.load_recipe("default").with_overrides(tiny_overrides(tiny_data))
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """A session fixture's value built once for the whole `make test`, not once per xdist worker: the first worker
+    to ask builds it into a folder both workers share (`build(folder)`), under a lock, and pickles it; the other
+    loads the pickle. The value must not hold Keras models (load those from the folder). Without xdist: built."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, the parent of every worker's popen-gwK/
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.pickle"
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        value = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
+def _tiny_run(recipe: tp.Recipe, folder: Path) -> tp.RunResult:
+    return tp.run(recipe, output_dir=folder, run_name="tiny", log=lambda _: None)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_recipe, tmp_path_factory) -> tp.RunResult:
-    """One full run (train 2 epochs -> float32 + int8 -> LiteRT parity) shared by the session."""
-    return tp.run(tiny_recipe, output_dir=tmp_path_factory.mktemp("runs"), run_name="tiny", log=lambda _: None)
+    """One full run (train 2 epochs -> float32 + int8 -> LiteRT parity) shared by the session (and both workers:
+    read it, never change it)."""
+    return built_once(tmp_path_factory, "tiny-run", functools.partial(_tiny_run, tiny_recipe))
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +126,12 @@ def small_model():
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """The reference CNN converted by the CLI with its defaults (float32 + int8, default gate) on the bundled data."""
+    return built_once(tmp_path_factory, "reference-run", _reference_run)
+
+
+def _reference_run(out: Path) -> Path:
     from tflite_pipeline.cli import main
 
-    out = tmp_path_factory.mktemp("reference")
     assert main(["convert", str(REFERENCE_MODEL), "--data", str(BUNDLED), "--output-dir", str(out),
                  "--run-name", "ref"]) == 0
     return out / "ref"

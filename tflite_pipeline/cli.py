@@ -2,19 +2,21 @@
 
 Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 dependencies,
 4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder,
-11 a model the Android app or a target runtime cannot run.
+11 a model the Android app or a target runtime cannot run, 12 an optional step failed after verification (the
+verified models are kept), 130 / 143 stopped by Ctrl-C / SIGTERM. docs/cli.md has the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from tflite_pipeline import progress
+from tflite_pipeline import env, progress
 from tflite_pipeline.config.recipe import load_recipe, parse_override
 from tflite_pipeline.config.sections import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS
 from tflite_pipeline.errors import Interrupted, PipelineError
@@ -57,8 +59,13 @@ def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=float, nargs="+", help="per-channel stds for mean_std")
 
 
+_VERBOSE_HELP = ("show TensorFlow's own logs and warnings (start-up lines, converter output; hidden by default; "
+                 "the Python API reads TFLITE_PIPELINE_VERBOSE=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tflite-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("run", help="train/convert/verify per a recipe; writes models/<run-name>/")
@@ -78,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p)
 
     p = commands.add_parser("convert", help="convert your Keras model to float32 + int8 .tflite and verify them")
-    p.add_argument("model", help=".keras / .h5 file or SavedModel folder (Keras 2 / tf_keras)")
+    p.add_argument("model", help=".keras / .h5 file or SavedModel folder (tf_keras or Keras 3; flat or nested)")
     p.add_argument("--data", required=True,
                    help="image folder: either DIR/<class>/* or DIR/{validation,calibration}/<class>/*; "
                         "DIR/labels.txt gives the class order (else sorted folder names)")
@@ -143,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the verdicts to this JSON file")
 
     commands.add_parser("recipes", help="list the bundled recipes")
+    for sub in commands.choices.values():  # --verbose before or after the command (SUPPRESS: keep the first's)
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return parser
 
 
@@ -225,9 +234,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print("tflite-pipeline verify: error: --keras and --data are required unless a run folder is given",
               file=sys.stderr)
         return 2
+    overrides = {**_preprocess_overrides(args), **_gate_overrides(args)}
     report = verify(*args.paths, data=args.data, keras_model=args.keras, labels=args.labels,
-                    preprocessing=args.preprocessing, overrides={**_preprocess_overrides(args), **_gate_overrides(args)},
-                    reference=args.reference, safe_mode=not args.unsafe_load)
+                    preprocessing=args.preprocessing, overrides=overrides, reference=args.reference,
+                    safe_mode=not args.unsafe_load)
     print(report.format_table())
     if args.json_out:
         atomic_write_json(args.json_out, report.to_dict())
@@ -321,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.reset()
     previous = _install(signal.SIGTERM, _stop_on_sigterm)
     try:
-        return _COMMANDS[args.command](args)
+        with env.verbosity(True) if args.verbose else contextlib.nullcontext():
+            return _COMMANDS[args.command](args)
     except PipelineError as error:
         print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
         return error.exit_code

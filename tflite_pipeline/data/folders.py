@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+from tflite_pipeline import progress
 from tflite_pipeline.data.preprocess import DECODE_ERROR_TAG, DECODE_ERRORS, PreprocessSpec, data_errors, decode_error
 from tflite_pipeline.errors import DataError
 from tflite_pipeline.files import listing_sha256
+from tflite_pipeline.progress import Log
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -65,58 +67,17 @@ class ImageFolder:
 
     @classmethod
     def scan(cls, root: str | Path, class_names: Sequence[str] | None = None, *, check_images: bool = True,
-             skip_bad: bool = False) -> "ImageFolder":
+             skip_bad: bool = False, log: Log | None = None) -> ImageFolder:
         """List a folder. Class order: `class_names` (e.g. from labels.txt) else sorted folder names.
 
         Raises `DataError` for a missing or empty folder, a class folder with no images, a file that
         is not an image, and (with `check_images`) a file Pillow cannot identify. With `skip_bad`, files
         that are not images or do not fully decode are left out and listed in `skipped` instead.
+        Opening every image shows progress (`progress.bar`, to `log` when given).
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"Data folder {str(root)!r} does not exist; expected a folder with one "
-                            "sub-folder of images per class.")
-        folders = class_folders(root)
-        if not folders:
-            raise DataError(f"Data folder {str(root)!r} has no class sub-folders; expected "
-                            f"{root}/<class name>/<images>.")
-        if class_names is None:
-            class_names = folders
-        else:
-            class_names = tuple(class_names)
-            missing = [name for name in class_names if name not in folders]
-            extra = [name for name in folders if name not in class_names]
-            if missing or extra:
-                raise DataError(f"Class folders in {str(root)!r} do not match the labels: "
-                                f"missing folders {missing}, folders not in the labels {extra}.")
-        files: list[str] = []
-        labels: list[int] = []
-        skipped: list[str] = []
-        for index, name in enumerate(class_names):
-            entries, unreadable = _walk_class_folder(root / name, skip_bad)
-            skipped.extend(str(p) for p in unreadable)
-            not_images = [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
-            if not_images and not skip_bad:
-                raise DataError(f"{str(root / name)!r} holds files that are not images: "
-                                f"{[p.name for p in not_images[:5]]}; expected only {', '.join(IMAGE_SUFFIXES)} "
-                                "files. Move them out (or set data.skip_bad_images = true to skip and count them).")
-            images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-            if skip_bad:
-                undecodable = [p for p in images if not _decodes(p)]
-                images = [p for p in images if p not in undecodable]
-                skipped.extend(str(p) for p in not_images + undecodable)
-            elif check_images:
-                for path in images:
-                    _check_identifiable(path)
-            if not images:
-                raise DataError(f"Class folder {str(root / name)!r} has no " + ("usable " if skip_bad else "") +
-                                "images; add images or remove the class (and its line in labels.txt).")
-            files.extend(str(p) for p in images)
-            labels.extend([index] * len(images))
-        return cls(root=root, class_names=tuple(class_names), files=tuple(files), labels=tuple(labels),
-                   skipped=tuple(sorted(skipped)))
+        return _scan_all([(Path(root), class_names)], check_images=check_images, skip_bad=skip_bad, log=log)[0]
 
-    def subset(self, count: int, seed: int = 0) -> "ImageFolder":
+    def subset(self, count: int, seed: int = 0) -> ImageFolder:
         """A deterministic random subset of `count` files (all of them when there are fewer)."""
         if count >= len(self):
             return self
@@ -157,6 +118,101 @@ class ImageFolder:
         with data_errors():
             for images, labels in self.dataset(spec, batch_size):
                 yield images.numpy(), labels.numpy()
+
+
+@dataclass
+class _Listed:
+    """A folder walked but not yet checked: its class names and, per class, the images and the other files."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    images: list[list[Path]]
+    skipped: list[str]
+
+
+def _walk(root: Path, class_names: Sequence[str] | None, skip_bad: bool) -> _Listed:
+    """The cheap part of `ImageFolder.scan`: the layout, the labels and every file name (no image opened)."""
+    if not root.is_dir():
+        raise DataError(f"Data folder {str(root)!r} does not exist; expected a folder with one "
+                        "sub-folder of images per class.")
+    folders = class_folders(root)
+    if not folders:
+        raise DataError(f"Data folder {str(root)!r} has no class sub-folders; expected "
+                        f"{root}/<class name>/<images>.")
+    if class_names is None:
+        class_names = folders
+    else:
+        class_names = tuple(class_names)
+        missing = [name for name in class_names if name not in folders]
+        extra = [name for name in folders if name not in class_names]
+        if missing or extra:
+            raise DataError(f"Class folders in {str(root)!r} do not match the labels: "
+                            f"missing folders {missing}, folders not in the labels {extra}.")
+    images: list[list[Path]] = []
+    skipped: list[str] = []
+    for name in class_names:
+        entries, unreadable = _walk_class_folder(root / name, skip_bad)
+        skipped.extend(str(p) for p in unreadable)
+        not_images = [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if not_images and not skip_bad:
+            raise DataError(f"{str(root / name)!r} holds files that are not images: "
+                            f"{[p.name for p in not_images[:5]]}; expected only {', '.join(IMAGE_SUFFIXES)} "
+                            "files. Move them out (or set data.skip_bad_images = true to skip and count them).")
+        skipped.extend(str(p) for p in not_images)
+        images.append([p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES])
+    return _Listed(root, tuple(class_names), images, skipped)
+
+
+def _scan_all(folders: Sequence[tuple[Path, Sequence[str] | None]], *, check_images: bool = True,
+              skip_bad: bool = False, log: Log | None = None) -> list[ImageFolder]:
+    """`ImageFolder.scan` of several folders: every layout first (its errors come before any image is opened),
+    then every image opened (identified, or with `skip_bad` fully decoded) under one progress bar."""
+    listed = [_walk(root, names, skip_bad) for root, names in folders]
+    opening = skip_bad or check_images
+    total = sum(len(images) for folder in listed for images in folder.images)
+    named = len(listed) > 1  # the splits of a dataset: the line names the one being checked
+    meter = progress.bar("data", total, "images", what=f"checking {listed[0].root.name}:" if named else "checking",
+                         log=log, inherit_step=True) if opening and total else None
+    out = []
+    try:
+        for folder in listed:
+            if meter is not None and named:
+                meter.what = f"checking {folder.root.name}:"
+            files: list[str] = []
+            labels: list[int] = []
+            skipped = list(folder.skipped)
+            for index, (name, images) in enumerate(zip(folder.class_names, folder.images, strict=True)):
+                if skip_bad:
+                    decodes = [_decodes(p) for p in _counted(images, meter)]
+                    skipped.extend(str(p) for p, ok in zip(images, decodes, strict=True) if not ok)
+                    images = [p for p, ok in zip(images, decodes, strict=True) if ok]
+                elif check_images:
+                    for path in _counted(images, meter):
+                        _check_identifiable(path)
+                if not images:
+                    raise DataError(f"Class folder {str(folder.root / name)!r} has no " +
+                                    ("usable " if skip_bad else "") +
+                                    "images; add images or remove the class (and its line in labels.txt).")
+                files.extend(str(p) for p in images)
+                labels.extend([index] * len(images))
+            out.append(ImageFolder(root=folder.root, class_names=folder.class_names, files=tuple(files),
+                                   labels=tuple(labels), skipped=tuple(sorted(skipped))))
+    except BaseException:
+        if meter is not None:
+            meter.close()
+        raise
+    if meter is not None:
+        opened = [f"{folder.root.name} {sum(len(images) for images in folder.images)}" for folder in listed]
+        counts = f" ({', '.join(opened)})" if named else ""
+        meter.finish(f"[{meter.step}] checked {total} images{counts} in {progress.duration(meter.elapsed)}")
+    return out
+
+
+def _counted(paths: Sequence[Path], meter: progress.Progress | None) -> Iterator[Path]:
+    for path in paths:
+        yield path
+        if meter is not None:
+            meter.advance()
 
 
 def class_folders(root: Path) -> tuple[str, ...]:
@@ -278,10 +334,11 @@ class DatasetSplits:
 
 def open_splits(root: str | Path, *, train: str = "train", validation: str = "validation",
                 calibration: str = "calibration", labels: str = "labels.txt", need_train: bool = True,
-                skip_bad_images: bool = False) -> DatasetSplits:
+                skip_bad_images: bool = False, log: Log | None = None) -> DatasetSplits:
     """Open `root/{train,validation,calibration}`. A root that is itself a class folder layout (no
     split sub-folders) serves as both validation and calibration data (no training possible).
-    `skip_bad_images`: leave out (and list) files that are not decodable images instead of failing."""
+    `skip_bad_images`: leave out (and list) files that are not decodable images instead of failing.
+    Every split is listed before any image is opened; opening them shows one progress bar (to `log` if given)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Data folder {str(root)!r} does not exist.")
@@ -292,7 +349,7 @@ def open_splits(root: str | Path, *, train: str = "train", validation: str = "va
         if need_train:
             raise DataError(f"Data folder {str(root)!r} has no `{train}/`, `{validation}/` and "
                             f"`{calibration}/` splits; training needs them.")
-        folder = ImageFolder.scan(root, class_names, skip_bad=skip_bad_images)
+        folder = ImageFolder.scan(root, class_names, skip_bad=skip_bad_images, log=log)
         return DatasetSplits(root, folder.class_names, None, folder, folder)
     for name in (validation, calibration) + ((train,) if need_train else ()):
         if not (root / name).is_dir():
@@ -300,11 +357,11 @@ def open_splits(root: str | Path, *, train: str = "train", validation: str = "va
     if class_names is None:
         first = root / (train if need_train else validation)
         class_names = class_folders(first)
-    def scan(split: str) -> ImageFolder:
-        return ImageFolder.scan(root / split, class_names, skip_bad=skip_bad_images)
-
-    return DatasetSplits(root, tuple(class_names), scan(train) if need_train else None, scan(validation),
-                         scan(calibration))
+    splits = ((train,) if need_train else ()) + (validation, calibration)
+    scanned = dict(zip(splits, _scan_all([(root / split, class_names) for split in splits],
+                                         skip_bad=skip_bad_images, log=log), strict=True))
+    return DatasetSplits(root, tuple(class_names), scanned[train] if need_train else None, scanned[validation],
+                         scanned[calibration])
 
 
 def bundled_data_root() -> Path:

@@ -193,7 +193,7 @@ def prepare(recipe: Recipe, log: Log = _stderr) -> Prepared:
     d = recipe.data
     log(f"[data] listing {data_root(recipe)}")
     splits = open_splits(data_root(recipe), train=d.train, validation=d.validation, calibration=d.calibration,
-                         labels=d.labels, need_train=bool(stages), skip_bad_images=d.skip_bad_images)
+                         labels=d.labels, need_train=bool(stages), skip_bad_images=d.skip_bad_images, log=log)
     log(f"[data] {splits.root}: {len(splits.class_names)} classes, " +
         ", ".join(f"{k} {v}" for k, v in splits.counts().items()))
     model = baseline_model(recipe, len(splits.class_names))
@@ -356,7 +356,7 @@ def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
             log(f"[convert] {job.variant}{where}" + (f" ({out.representative.num_samples} calibration images)"
                                                      if job.kind == "int8" else ""))
             data = convert(job.source_model(out.baseline), job.kind, representative=out.representative,
-                           io_dtype=recipe.convert.io_dtype)
+                           io_dtype=recipe.convert.io_dtype, log=log, label=job.variant)
             file = f"{out.name}_{job.variant}.tflite"
             out.folder.write_bytes(file, data)
             out.flatbuffers[job.variant] = data

@@ -31,6 +31,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from tflite_pipeline import env
 from tflite_pipeline.errors import RecipeError, TFLiteFileError
 from tflite_pipeline.tflite.flatbuffer import gzip_size, inspect_tflite, read_flatbuffer
 from tflite_pipeline.tflite.interpreter import OP_RESOLVERS
@@ -172,7 +173,8 @@ class _Runner:
                 signature = detail.get("shape_signature", detail["shape"])
                 if len(signature) and signature[0] == -1 and detail["shape"][0] != 1:
                     self.interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
-            self.interpreter.allocate_tensors()
+            with env.hidden_native_output(once="litert-delegate"):  # LiteRT's "Created ... delegate" line
+                self.interpreter.allocate_tensors()
             rng = np.random.default_rng(seed)
             details = self.interpreter.get_input_details()
             for detail in details:

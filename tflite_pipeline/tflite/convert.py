@@ -12,19 +12,22 @@ import concurrent.futures
 import multiprocessing
 import re
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tflite_pipeline import env, progress
 from tflite_pipeline.config.sections import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES
 from tflite_pipeline.data.folders import ImageFolder
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import ConversionError, DataError, ModelError
 from tflite_pipeline.model.properties import check_finite_weights, first_non_finite_layer, image_input_shape
 from tflite_pipeline.model.rebuild import is_keras3
+from tflite_pipeline.progress import Log
 from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
 RepresentativeDataset = Callable[[], Iterable[list[np.ndarray]]]
@@ -85,11 +88,14 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
 
 
 def _run(converter: tf.lite.TFLiteConverter, what: str) -> bytes:
+    """`converter.convert()`, its C++ chatter (`fully_quantize: 0, inference_type: 6, ...`) hidden unless verbose
+    (`env.hidden_native_output`: written out after a crash or an error other than ours)."""
     try:
-        return converter.convert()
+        with env.hidden_native_output():
+            return converter.convert()
     except DataError:
         raise
-    except Exception as error:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError
+    except Exception as error:  # the converter raises ConverterError, RuntimeError, ValueError
         text = str(error)
         ops = sorted(set(re.findall(r"'tfl?\.(\w+)'", text)) | set(re.findall(r"op: (\w+)", text)))
         named = f" (ops involved: {', '.join(ops)})" if ops else ""
@@ -103,14 +109,35 @@ def convert_float32(model: keras.Model) -> bytes:
     return _run(_converter(model), "float32")
 
 
+def counted_calibration(representative: RepresentativeDataset, log: Log | None = None) -> RepresentativeDataset:
+    """`representative` with a progress bar counting the samples as the converter pulls them
+    (`[convert] calibration 120/300 images  eta 0:03`, then `[convert] calibrated on 300 images in 4.1 s`)."""
+    total = getattr(representative, "num_samples", None)
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        meter = progress.bar("convert", total, "images", what="calibration", log=log, inherit_step=True)
+        try:
+            for inputs in representative():
+                yield inputs
+                meter.advance()
+        except BaseException:  # an error, a stop, or the converter closing the generator early
+            meter.close()
+            raise
+        meter.finish(f"[{meter.step}] calibrated on {meter.done} images in {progress.duration(meter.elapsed)}")
+
+    generate.num_samples = total  # type: ignore[attr-defined]
+    return generate
+
+
 def int8_converter(model: keras.Model, representative: RepresentativeDataset, *,
-                   io_dtype: str = "int8") -> tf.lite.TFLiteConverter:
-    """The converter set up for strict full-integer output (shared by `convert_int8` and the diagnosis)."""
+                   io_dtype: str = "int8", log: Log | None = None) -> tf.lite.TFLiteConverter:
+    """The converter set up for strict full-integer output (shared by `convert_int8` and the diagnosis).
+    Calibration shows progress (`counted_calibration`, to `log` when given)."""
     if io_dtype not in _IO_TYPES:
         raise ConversionError(f"Received io_dtype={io_dtype!r}; expected one of {sorted(_IO_TYPES)}.")
     converter = _converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
+    converter.representative_dataset = counted_calibration(representative, log)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = _IO_TYPES[io_dtype]
     converter.inference_output_type = _IO_TYPES[io_dtype]
@@ -131,14 +158,15 @@ def check_finite_activations(model: keras.Model, representative: RepresentativeD
                              "expects.")
 
 
-def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8") -> bytes:
+def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8",
+                 log: Log | None = None) -> bytes:
     """Strict full-integer `.tflite`: int8 kernels only, per-channel weights, `io_dtype` input/output.
 
     Raises `ConversionError` naming the ops that cannot run in int8, `ModelError` when the calibration
     images give NaN/Inf activations.
     """
     check_finite_activations(model, representative)
-    flatbuffer = _run(int8_converter(model, representative, io_dtype=io_dtype), "full-integer int8")
+    flatbuffer = _run(int8_converter(model, representative, io_dtype=io_dtype, log=log), "full-integer int8")
     leftovers = inspect_tflite(flatbuffer).float_ops
     if leftovers:
         computing = [op for op in leftovers if not op.startswith(("QUANTIZE ", "DEQUANTIZE "))] or list(leftovers)
@@ -170,8 +198,27 @@ def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False
 
 
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
-                    io_dtype: str = "int8") -> bytes:
-    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`. NaN/Inf weights are a `ModelError`."""
+                    io_dtype: str = "int8", log: Log | None = None, label: str | None = None,
+                    summary: bool = True) -> bytes:
+    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`. NaN/Inf weights are a `ModelError`.
+
+    Logs one line when done, `[convert] int8: 612.3 KiB in 18.2 s` (`label` names the variant there; to `log`,
+    default stderr; not with `summary=False`); int8 calibration shows progress."""
+    started = time.monotonic()
+    data = _convert_variant(model, variant, representative=representative, io_dtype=io_dtype, log=log)
+    if summary:
+        log_conversion(label or variant, data, time.monotonic() - started, log)
+    return data
+
+
+def log_conversion(label: str, data: bytes, seconds: float, log: Log | None = None) -> None:
+    """`[convert] int8: 612.3 KiB in 18.2 s` (the step the last `[step]` line named, else `convert`)."""
+    (log or progress.log)(f"[{progress.step_for('convert', log)}] {label}: {progress.size(len(data))} in "
+                          f"{progress.duration(seconds)}")
+
+
+def _convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None,
+                     io_dtype: str, log: Log | None) -> bytes:
     check_finite_weights(model)
     if variant == "float32":
         return convert_float32(model)
@@ -182,7 +229,7 @@ def convert_variant(model: keras.Model, variant: str, *, representative: Represe
     if variant == "int8":
         if representative is None:
             raise ConversionError("The int8 variant needs a representative dataset (calibration images).")
-        return convert_int8(model, representative, io_dtype=io_dtype)
+        return convert_int8(model, representative, io_dtype=io_dtype, log=log)
     raise ConversionError(f"Received variant={variant!r}; expected one of {list(ALL_VARIANTS)}.")
 
 
@@ -203,7 +250,7 @@ class IsolatedConverter:
         self.per_child = per_child
         self._pool = None
 
-    def __enter__(self) -> "IsolatedConverter":
+    def __enter__(self) -> IsolatedConverter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
@@ -213,15 +260,18 @@ class IsolatedConverter:
         """Shut the child down: after its conversion, or at once with `stop` (Ctrl-C, SIGTERM, an error)."""
         if self._pool is not None:
             if stop:
-                for process in list((self._pool._processes or {}).values()):  # noqa: SLF001 - no public handle
+                for process in list((self._pool._processes or {}).values()):  # no public handle
                     process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=stop)
             self._pool = None
 
     def convert(self, model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
-                io_dtype: str = "int8") -> bytes:
+                io_dtype: str = "int8", log: Log | None = None, label: str | None = None) -> bytes:
+        """`convert_variant` in the child (its calibration progress on the child's stderr when `log` is the
+        default), and the same one-line summary here."""
         from tflite_pipeline.model.files import save_model_file
 
+        started = time.monotonic()
         check_finite_weights(model)
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -232,17 +282,21 @@ class IsolatedConverter:
             if representative is not None and variant == "int8":  # the only variant that calibrates
                 samples_path = str(Path(folder) / "samples.npy")
                 np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
-            future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype)
+            show_progress = log is None or log is progress.log
+            future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype, show_progress)
             try:
-                return future.result()
+                data = future.result()
             except concurrent.futures.process.BrokenProcessPool:
                 self._pool = None
                 raise ConversionError(f"{variant} conversion failed: the converter process died (out of memory, or "
                                       "killed); nothing was written.") from None
+        log_conversion(label or variant, data, time.monotonic() - started, log)
+        return data
 
 
-def _convert_files(model_path: str, variant: str, samples_path: str | None, io_dtype: str) -> bytes:
-    """In the child: load what `IsolatedConverter.convert` saved and convert it."""
+def _convert_files(model_path: str, variant: str, samples_path: str | None, io_dtype: str,
+                   show_progress: bool = True) -> bytes:
+    """In the child: load what `IsolatedConverter.convert` saved and convert it (the parent logs the summary)."""
     from tflite_pipeline.model.files import load_model_file
 
     model = load_model_file(model_path)
@@ -254,4 +308,11 @@ def _convert_files(model_path: str, variant: str, samples_path: str | None, io_d
             for sample in samples:
                 yield [sample[np.newaxis]]
 
-    return convert_variant(model, variant, representative=representative, io_dtype=io_dtype)
+        representative.num_samples = len(samples)  # type: ignore[attr-defined]
+
+    return convert_variant(model, variant, representative=representative, io_dtype=io_dtype, summary=False,
+                           log=None if show_progress else _silent)
+
+
+def _silent(line: str) -> None:
+    """A `log` that drops its lines (a child converting for a caller with its own `log`)."""

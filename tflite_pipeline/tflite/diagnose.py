@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tflite_pipeline import env
 from tflite_pipeline.data.folders import ImageFolder
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import ConversionError
@@ -114,8 +115,9 @@ class QuantizationDebug:
         self._images = np.concatenate([batch[0] for batch in debug_samples()])
         self._reference = np.asarray(model(self._images, training=False))
         try:
-            self._debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=int8_converter(model, representative, io_dtype=io_dtype), debug_dataset=debug_samples)
+            with env.hidden_native_output():  # the converter's C++ lines
+                self._debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=int8_converter(model, representative, io_dtype=io_dtype), debug_dataset=debug_samples)
         except Exception as error:
             raise ConversionError(f"The quantization debugger could not calibrate the model: "
                                   f"{str(error).strip().splitlines()[0]}") from None
@@ -128,7 +130,8 @@ class QuantizationDebug:
     def diagnose(self) -> Diagnosis:
         """Per-layer error of the fully quantized model, and its output error against the Keras model."""
         self._debugger.options = tf.lite.experimental.QuantizationDebugOptions()
-        self._debugger.run()
+        with env.hidden_native_output(once="litert-delegate"):
+            self._debugger.run()
         dump = io.StringIO()
         self._debugger.layer_statistics_dump(dump)
         layers = []

@@ -7,13 +7,16 @@ outputs dequantized with each tensor's own scale and zero point.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from tflite_pipeline import env, progress
 from tflite_pipeline.config.sections import VerifyConfig
 from tflite_pipeline.data.folders import ImageFolder
 from tflite_pipeline.data.preprocess import PreprocessSpec
@@ -134,7 +137,7 @@ class ParityReport:
             lines.append(f"| {name} | {counts[i]} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
         return "\n".join(lines)
 
-    def check(self) -> "ParityReport":
+    def check(self) -> "ParityReport":  # noqa: UP037 - tests/api_snapshot.txt records it quoted
         """Return self when every row passed, else raise `ParityError` with the report attached."""
         if not self.passed:
             failed = [f"float Keras: {'; '.join(self.keras_failures)}"] if self.keras_failures else []
@@ -221,7 +224,7 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
                    spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
                    sources: Mapping[str, tuple[str, Any]] | None = None,
                    expected: Mapping[str, Expected] | None = None,
-                   log: Callable[[str], None] = print) -> ParityReport:
+                   log: Callable[[str], None] = progress.log) -> ParityReport:
     """Run the float Keras model, each `.tflite` and each `.tflite`'s Keras source over `folder` in one pass.
 
     `sources` maps a `.tflite` name to `(label, keras model)` it was converted from (default: the
@@ -231,6 +234,7 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     of the probabilities. `expected` (`read_reference_metrics`, or the top-1 the run measured) adds: the float
     model and each `.tflite` must reproduce their expected top-1. And the float model's predictions must not be
     a reordering of the labels. Returns the report whether or not it passes; call `.check()` to gate.
+    Shows progress (images done / total, eta) and a summary line, to `log`.
     Raises `ModelError` for a class-count mismatch.
     """
     from tflite_pipeline.model.properties import check_labels, outputs_probabilities
@@ -251,21 +255,25 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     keras_tally = {key: _Tally(num_classes) for key in kerases}
     tflite_tally = {name: _Tally(num_classes) for name in runners}
     labels: list[np.ndarray] = []
-    done, data_low, data_high = 0, np.inf, -np.inf
-    for images, batch_labels in folder.batches(spec, config.batch_size):
-        labels.append(batch_labels)
-        data_low, data_high = min(data_low, float(images.min())), max(data_high, float(images.max()))
-        keras_scores = {key: np.asarray(model(images, training=False)) for key, model in kerases.items()}
-        for key, scores in keras_scores.items():
-            keras_tally[key].add(scores, batch_labels)
-        for name, runner in runners.items():
-            scores = runner.predict(images)
-            tflite_tally[name].add(scores, batch_labels)
-            key = source_of[name]
-            tflite_tally[name].compare(scores, keras_scores[key], softmax[key])
-        done += len(images)
-        if done % (config.batch_size * 10) < config.batch_size or done == len(folder):
-            log(f"  verified {done}/{len(folder)} images")
+    data_low, data_high = np.inf, -np.inf
+    with progress.bar("verify", len(folder), "images", log=log, inherit_step=True) as meter:
+        for images, batch_labels in folder.batches(spec, config.batch_size):
+            labels.append(batch_labels)
+            data_low, data_high = min(data_low, float(images.min())), max(data_high, float(images.max()))
+            keras_scores = {key: np.asarray(model(images, training=False)) for key, model in kerases.items()}
+            for key, scores in keras_scores.items():
+                keras_tally[key].add(scores, batch_labels)
+            # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once, at the first allocation
+            with env.hidden_native_output(once="litert-delegate") if not meter.done else contextlib.nullcontext():
+                for name, runner in runners.items():
+                    scores = runner.predict(images)
+                    tflite_tally[name].add(scores, batch_labels)
+                    key = source_of[name]
+                    tflite_tally[name].compare(scores, keras_scores[key], softmax[key])
+            meter.advance(len(images))
+        models = len(runners) + len(kerases)
+        meter.finish(f"[{meter.step}] {meter.done} images through {models} models in "
+                     f"{progress.duration(meter.elapsed)} ({meter.done / max(meter.elapsed, 1e-9):,.0f} images/s)")
     y = np.concatenate(labels)
     reference_tally = keras_tally[id(keras_model)]
     reference = reference_tally.tops()
