@@ -73,7 +73,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_overrides(data: Path) -> dict:
     return {"model.input_size": 32, "model.alpha": 0.35, "data.root": str(data), "train.epochs": 2,
             "train.batch_size": 16, "convert.calibration_samples": 30,
-            # a 2-epoch model on 300 images is weak (often at chance): the gate is open here; test_gate.py checks
+            # a 2-epoch model on 300 images is weak (often at chance): the gate is open here; tflite/test_gate.py checks
             # the gate at its default thresholds on the reference CNN
             "verify.max_top1_drop": 100.0, "verify.min_agreement": 0.0}
 
@@ -160,8 +160,9 @@ def run_cli(args: list[str], timeout: float = 900) -> subprocess.CompletedProces
 
 # The slowest modules first (measured): `make test` runs two xdist workers with a module's tests kept together
 # (--dist loadscope); started first, the long modules do not leave one worker finishing alone at the end.
-SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_diagnose_report", "test_user_models", "test_resume",
-                 "test_interrupt", "test_android", "test_optimize", "test_distribute", "test_pipeline_cli", "test_gate")
+SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_diagnose", "test_user_models", "test_cache",
+                 "test_interrupt", "test_android", "test_stages", "test_distribute", "test_pipeline", "test_gate",
+                 "test_notebook")
 
 
 def pytest_collection_modifyitems(items) -> None:
