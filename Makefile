@@ -44,10 +44,10 @@ lint: $(STAMP)
 
 # lint, then two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m fast
+	$(BIN)/python -m pytest -q -m fast $(PYTEST_ARGS)
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

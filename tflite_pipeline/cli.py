@@ -286,7 +286,7 @@ def _cmd_export_android(args: argparse.Namespace) -> int:
 
 def _cmd_check_runtime(args: argparse.Namespace) -> int:
     from tflite_pipeline.errors import CompatibilityError
-    from tflite_pipeline.export.android import check_compatibility, format_compatibility
+    from tflite_pipeline.export.compatibility import check_compatibility, format_compatibility
     from tflite_pipeline.files import atomic_write_json
 
     reports = check_compatibility(args.files, legacy_python=_legacy(args))

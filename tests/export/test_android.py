@@ -23,15 +23,9 @@ from conftest import app_copy
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
-from tflite_pipeline.export.android import (
-    ASSETS_DIR,
-    GOLDEN_DIR,
-    check_compatibility,
-    export_android,
-    find_legacy_python,
-    pack_model,
-)
+from tflite_pipeline.export.android import ASSETS_DIR, GOLDEN_DIR, export_android
 from tflite_pipeline.export.android import DEFAULT_APP_DIR as APP
+from tflite_pipeline.export.compatibility import check_compatibility, find_legacy_python, pack_model
 from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
 KOTLIN = APP / "app" / "src"

@@ -20,7 +20,7 @@ from conftest import REFERENCE_MODEL as MODEL
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.config.sections import VerifyConfig
-from tflite_pipeline.export.android import pack_model
+from tflite_pipeline.export.compatibility import pack_model
 from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
 
