@@ -42,9 +42,10 @@ demo: setup
 lint: $(STAMP)
 	$(BIN)/ruff check tflite_pipeline tests benchmarks examples
 
-# lint, then two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once
+# lint, then two workers (the machine's 2 cores); a module's tests stay together so its fixtures are built once,
+# modules handed out in conftest.SLOWEST_FIRST order (xdist would otherwise sort them by test count)
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m fast $(PYTEST_ARGS)

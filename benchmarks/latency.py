@@ -6,8 +6,9 @@
 The model has random weights (`weights=None`; nothing is downloaded) and the int8 model is calibrated
 on ~20 seeded random images: kernel speed does not depend on weight values, so this measures latency,
 not accuracy. Converted files are cached in OUT/ (reused unless --rebuild). Both models are timed in
-one run, interleaved, at each thread count (`tflite_pipeline.bench`), and the printed table states
-the CPU/ISA and the int8/float32 latency ratio per thread count. Writes OUT/<model>_bench.{json,md}.
+one run, interleaved, at each thread count (`tflite_pipeline.tflite.bench`), and the printed table states
+the CPU/ISA and the int8/float32 latency ratio per thread count. Writes OUT/<model>_bench.{json,md}; with
+--figures also docs/figures/latency-<model>.md (+ .json), which docs/benchmarks.md links.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from figures import write_figure
 
 import tflite_pipeline as tp
 from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/latency", help="cache and output folder")
     parser.add_argument("--rebuild", action="store_true", help="convert again even if cached files exist")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--figures", action="store_true", help="also write docs/figures/latency-<model>.md (+ .json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     stem = float32.name.removesuffix("_float32.tflite")
     atomic_write_text(out / f"{stem}_bench.md", title + table + "\n")
     atomic_write_json(out / f"{stem}_bench.json", bench_report(benchmarks, cpu))
+    if args.figures:
+        path = write_figure(f"latency-{stem}", title.strip("# \n"), table.splitlines(), bench_report(benchmarks, cpu))
+        _log(f"[latency] wrote {path}")
     return 0
 
 

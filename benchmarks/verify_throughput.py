@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+from figures import write_figure
 from PIL import Image
 
 import tflite_pipeline as tp
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=("auto", "fashion-mnist", "bundled"), default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per path, interleaved (default 3)")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
+    parser.add_argument("--figures", action="store_true", help="also write docs/figures/verify-throughput.md (+ .json)")
     args = parser.parse_args(argv)
 
     spec = PreprocessSpec.read_json(args.preprocessing or args.int8.parent / "preprocessing.json")
@@ -207,13 +209,15 @@ def main(argv: list[str] | None = None) -> int:
               f"~{best[NAIVE_THREADS] / best[FLOOR_BATCH]:.2f}× here ((c')/(d)), and with every core against the "
               f"default loop by more than ~{best[NAIVE] / best[FLOOR_BATCH]:.2f}× ((c)/(d))"]
     print("\n".join(lines))
+    results = {"cpu": cpu, "images": len(images), "source": where, "threads": args.threads,
+               "batch_size": args.batch_size, "seconds": seconds, "median_seconds": median, "best_seconds": best,
+               "int8_over_float32": int8_ratio, "naive_over_int8": naive_ratio,
+               "naive_threads_over_int8": median[NAIVE_THREADS] / median[INT8], "top1_agreement_naive_vs_ours": same,
+               "load_average": loads}
     if args.json_out:
-        atomic_write_json(args.json_out, {
-            "cpu": cpu, "images": len(images), "source": where, "threads": args.threads,
-            "batch_size": args.batch_size, "seconds": seconds, "median_seconds": median, "best_seconds": best,
-            "int8_over_float32": int8_ratio, "naive_over_int8": naive_ratio,
-            "naive_threads_over_int8": median[NAIVE_THREADS] / median[INT8], "top1_agreement_naive_vs_ours": same,
-            "load_average": loads})
+        atomic_write_json(args.json_out, results)
+    if args.figures:
+        _log(f"[throughput] wrote {write_figure('verify-throughput', 'Verification throughput', lines, results)}")
     return 0 if same == 1.0 else 1
 
 

@@ -158,11 +158,13 @@ def run_cli(args: list[str], timeout: float = 900) -> subprocess.CompletedProces
     return done
 
 
-# The slowest modules first (measured): `make test` runs two xdist workers with a module's tests kept together
-# (--dist loadscope); started first, the long modules do not leave one worker finishing alone at the end.
-SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_diagnose", "test_user_models", "test_cache",
-                 "test_interrupt", "test_android", "test_stages", "test_distribute", "test_pipeline", "test_gate",
-                 "test_notebook")
+# The slowest modules first (measured with --durations=0): `make test` runs two xdist workers with a module's tests
+# kept together (--dist loadscope --no-loadscope-reorder, so this order is the one they are handed out in). The
+# first worker builds `tiny_run` inside test_channels while the second starts with test_bad_input, which does not
+# need it; started first, the long modules do not leave one worker finishing alone at the end.
+SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_user_models", "test_diagnose", "test_stages", "test_cache",
+                 "test_pipeline", "test_distribute", "test_interrupt", "test_android", "test_gate", "test_progress",
+                 "test_env", "test_notebook", "test_load", "test_parity", "test_convert")
 
 
 def pytest_collection_modifyitems(items) -> None:
