@@ -148,10 +148,8 @@ def pack_model(model: schema.ModelT) -> bytes:
 
 
 def _run_probe(python: Path, request: dict, work_dir: Path) -> dict:
-    script = work_dir / _PROBE_SCRIPT.name  # run from a copy: this package's folder would shadow stdlib `inspect`
-    shutil.copyfile(_PROBE_SCRIPT, script)
-    try:
-        done = subprocess.run([str(python), str(script)], input=json.dumps(request), capture_output=True,
+    try:  # no module of this folder shadows the standard library (tests/test_api.py), so it runs in place
+        done = subprocess.run([str(python), str(_PROBE_SCRIPT)], input=json.dumps(request), capture_output=True,
                               text=True, timeout=600, check=False, cwd=work_dir)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise DependencyError(f"Cannot run the runtime probe with {str(python)!r}: {error}.") from None
