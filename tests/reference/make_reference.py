@@ -9,7 +9,7 @@ training split, seeded and with TensorFlow's deterministic ops. It scores well a
 default gate (0.5 points of top-1, 98% agreement) means something in `make test`; it converts in
 seconds. `metrics.json` records what each variant scores on the bundled validation split through the
 pipeline (`tflite-pipeline convert`, default settings), with tolerances, the way NNCF keeps reference
-metrics for its conformance tests: `tests/tflite/tflite/test_gate.py` checks a fresh conversion against it.
+metrics for its conformance tests: `tests/tflite/test_gate.py` checks a fresh conversion against it.
 """
 
 from __future__ import annotations
