@@ -325,6 +325,10 @@ class DatasetSplits:
         """Files each split left out (`skip_bad_images`); empty when nothing was skipped."""
         return {name: list(split.skipped) for name, split in self.named().items() if split.skipped}
 
+    def skipped_files(self) -> list[str]:
+        """Every skipped file once (validation and calibration may share a folder), sorted."""
+        return sorted({file for files in self.skipped().values() for file in files})
+
     @functools.cached_property
     def listings(self) -> dict[str, str]:
         """sha256 of each split's listing (paths and sizes, `listing_sha256`): stats every file once per run,

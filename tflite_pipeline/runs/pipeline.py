@@ -312,7 +312,7 @@ def convert_verify_publish(trained: Trained, folder: RunFolder, clock: RunClock)
     splits, spec, log = context.splits, context.spec, context.log
     name = model_name(recipe)
     out = RunOutputs(trained.baseline, context, folder, name, export_jobs(trained.stages, recipe.convert.variants))
-    skipped = sorted({file for files in splits.skipped().values() for file in files})
+    skipped = splits.skipped_files()
     if skipped:
         out.warnings.append(f"skipped {len(skipped)} files that are not decodable images (data.skip_bad_images): "
                             + ", ".join(repr(Path(f).name) for f in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
@@ -385,7 +385,7 @@ def build_report(trained: Trained, out: RunOutputs, optional: OptionalSteps, clo
     return RunReport(
         run_name=out.folder.final.name, recipe=context.recipe.to_dict(), versions=env.run_versions(),
         data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts(),
-              "skipped_files": len({f for files in splits.skipped().values() for f in files}),
+              "skipped_files": len(splits.skipped_files()),
               "skipped": splits.skipped()},
         model={"name": out.name, "keras_name": model.name, "input_shape": list(spec.input_shape),
                "classes": len(splits.class_names), "parameters": int(model.count_params()),

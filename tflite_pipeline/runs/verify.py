@@ -60,8 +60,9 @@ class RecordedRun:
     def gate(self) -> dict[str, object]:
         """The gate the run was checked with (`verify.max_top1_drop`, `verify.min_agreement`, `verify.kernels`), as
         recipe overrides; empty when the report does not say."""
-        verify = self.report.get("recipe", {}).get("verify", {}) if isinstance(self.report.get("recipe"), dict) else {}
-        if not isinstance(verify, dict):
+        try:
+            verify = dict(self.report["recipe"]["verify"])
+        except (KeyError, TypeError, ValueError):
             return {}
         return {f"verify.{key}": verify[key] for key in ("max_top1_drop", "min_agreement", "kernels") if key in verify}
 
