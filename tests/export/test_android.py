@@ -25,8 +25,8 @@ from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
 from tflite_pipeline.export.android import ASSETS_DIR, GOLDEN_DIR, export_android
 from tflite_pipeline.export.android import DEFAULT_APP_DIR as APP
-from tflite_pipeline.export.compatibility import check_compatibility, find_legacy_python, pack_model
-from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
+from tflite_pipeline.export.compatibility import check_compatibility, contract_problems, find_legacy_python, pack_model
+from tflite_pipeline.tflite.flatbuffer import TensorInfo, TFLiteInfo, read_flatbuffer
 
 KOTLIN = APP / "app" / "src"
 CORE = KOTLIN / "main" / "java" / "dev" / "tflitepipeline" / "demo" / "core"
@@ -47,16 +47,32 @@ def legacy_python():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, legacy_python, tmp_path_factory):
+def run_dir(tiny_run, tiny_model, tiny_data, tmp_path_factory) -> Path:
+    """The tiny run's folder plus an int16x8 model of its Keras model (int16 activations and I/O, int8 weights), so
+    the export, the runtime checks and the Kotlin golden test cover int16 tensors too."""
+    from tflite_pipeline.data.folders import ImageFolder, read_labels
+    from tflite_pipeline.data.preprocess import PreprocessSpec
+    from tflite_pipeline.tflite.convert import convert_int16x8, representative_dataset
+
+    run = Path(shutil.copytree(tiny_run.run_dir, tmp_path_factory.mktemp("run") / tiny_run.run_dir.name))
+    spec = PreprocessSpec.read_json(run / "preprocessing.json")
+    calibration = ImageFolder.scan(tiny_data / "calibration", read_labels(run / "labels.txt"))
+    data = convert_int16x8(tiny_model, representative_dataset(calibration, spec, 30))
+    (run / "mobilenet_v2_int16x8.tflite").write_bytes(data)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, legacy_python, tmp_path_factory):
     app = app_copy(tmp_path_factory.mktemp("android") / "android_demo")
-    return export_android(tiny_run.run_dir, app, legacy_python=legacy_python, log=lambda _: None)
+    return export_android(run_dir, app, legacy_python=legacy_python, log=lambda _: None)
 
 
 # ------------------------------------------------------------------------------------------------ export
 
-def test_export_writes_models_labels_config_and_golden_vectors(exported, tiny_run):
+def test_export_writes_models_labels_config_and_golden_vectors(exported, run_dir):
     assets = exported.app_dir / ASSETS_DIR
-    run_models = sorted(p.name for p in tiny_run.run_dir.glob("*.tflite"))
+    run_models = sorted(p.name for p in run_dir.glob("*.tflite"))
     assert sorted(p.name for p in (assets / "models").iterdir()) == run_models
     config = json.loads((assets / "model_config.json").read_text())
     assert config["format"] == "tflite_pipeline.model_config/1"
@@ -64,11 +80,15 @@ def test_export_writes_models_labels_config_and_golden_vectors(exported, tiny_ru
     assert config["preprocessing"]["normalization"] == "minus_one_to_one"
     int8 = next(m for m in config["models"] if m["file"].endswith("_int8.tflite"))
     assert int8["input"]["dtype"] == "int8" and int8["input"]["scale"] > 0 and int8["outputs_are_probabilities"]
+    int16 = next(m for m in config["models"] if m["file"].endswith("_int16x8.tflite"))
+    assert int16["input"]["dtype"] == int16["output"]["dtype"] == "int16" and int16["outputs_are_probabilities"]
+    assert int16["input"]["zero_point"] == int16["output"]["zero_point"] == 0  # int16 is symmetric
+    assert int16["input"]["scale"] == pytest.approx(1 / 32767) and int16["output"]["scale"] > 0  # [-1, 1] input
     golden = json.loads((exported.golden / "golden.json").read_text())
     assert len(golden["cases"]) == 3 * len(config["models"])
     for case in golden["cases"]:
         entry = next(m for m in config["models"] if m["file"].endswith(case["model"]))
-        bytes_per = 4 if entry["input"]["dtype"] == "float32" else 1
+        bytes_per = {"float32": 4, "int16": 2}.get(entry["input"]["dtype"], 1)
         assert (exported.golden / case["input"]).stat().st_size == 32 * 32 * 3 * bytes_per
         assert (exported.golden / case["pixels"]).stat().st_size == 32 * 32 * 3
         assert len(case["top3"]) == 3 and case["top3_labels"][0] in config_labels(assets)
@@ -97,13 +117,39 @@ def test_kotlin_logic_matches_the_python_golden_vectors_on_the_jvm(exported):
     assert tests_run >= 20
 
 
-def test_reexport_removes_models_the_previous_export_wrote(exported, tiny_run, legacy_python):
-    int8 = next(p.name for p in tiny_run.run_dir.glob("*_int8.tflite"))
-    export_android(tiny_run.run_dir, exported.app_dir, models=[int8], legacy_python=legacy_python, log=lambda _: None)
+def test_reexport_removes_models_the_previous_export_wrote(exported, run_dir, legacy_python):
+    int8 = next(p.name for p in run_dir.glob("*_int8.tflite"))
+    export_android(run_dir, exported.app_dir, models=[int8], legacy_python=legacy_python, log=lambda _: None)
     assert [p.name for p in (exported.app_dir / ASSETS_DIR / "models").iterdir()] == [int8]
     config = json.loads((exported.app_dir / ASSETS_DIR / "model_config.json").read_text())
     assert [m["file"] for m in config["models"]] == [f"models/{int8}"]
-    export_android(tiny_run.run_dir, exported.app_dir, legacy_python=legacy_python, log=lambda _: None)  # restore
+    export_android(run_dir, exported.app_dir, legacy_python=legacy_python, log=lambda _: None)  # restore
+
+
+def _int16x8_info(float_ops: tuple[str, ...] = ()) -> TFLiteInfo:
+    """What `inspect_tflite` reads off an int16x8 classifier of 32x32 RGB images into 10 classes."""
+    return TFLiteInfo(size_bytes=1, inputs=(TensorInfo("input", (-1, 32, 32, 3), "int16", 1 / 32767, 0),),
+                      outputs=(TensorInfo("output", (-1, 10), "int16", 2**-15, 0),), ops=(), float_ops=float_ops,
+                      num_parameters=0)
+
+
+@pytest.mark.fast
+def test_int16_io_is_in_the_contract_for_integer_only_models():
+    from tflite_pipeline.data.preprocess import PreprocessSpec
+    from tflite_pipeline.export.android import model_input, scores
+
+    spec = PreprocessSpec(height=32, width=32, channels=3, normalization="minus_one_to_one")
+    assert contract_problems(_int16x8_info(), spec, 10) == []
+    (problem,) = contract_problems(_int16x8_info(("CONV_2D #3 (conv)",)), spec, 10)
+    assert problem.startswith("has int16 I/O but 1 op(s) compute in float (CONV_2D #3 (conv))")
+
+    info = _int16x8_info()
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[0, 0] = (0, 255, 128)
+    x = model_input(pixels, spec, info.inputs[0])
+    assert x.dtype == np.int16 and x.shape == (1, 32, 32, 3)
+    assert x[0, 0, 0].tolist() == [-32767, 32767, 129]   # what the Kotlin PreprocessingTest expects too
+    np.testing.assert_array_equal(scores(np.array([[-32768, 0, 16384]], np.int16), info.outputs[0]), [-1, 0, 0.5])
 
 
 # --------------------------------------------------------------------------------- compatibility failures

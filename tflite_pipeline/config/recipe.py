@@ -26,6 +26,7 @@ from tflite_pipeline.config.sections import (
     ModelConfig,
     PreprocessConfig,
     PruneConfig,
+    PTQConfig,
     QATConfig,
     Section,
     TrainConfig,
@@ -36,7 +37,7 @@ from tflite_pipeline.errors import RecipeError
 SECTIONS: dict[str, type[Section]] = {  # TOML table name -> its dataclass, in recipe order
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, DistributeConfig,
                                  ChannelsConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig, ConvertConfig,
-                                 VerifyConfig, DiagnoseConfig, BenchConfig)
+                                 PTQConfig, VerifyConfig, DiagnoseConfig, BenchConfig)
 }
 
 
@@ -57,6 +58,7 @@ class Recipe:
     qat: QATConfig = field(default_factory=QATConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    ptq: PTQConfig = field(default_factory=PTQConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

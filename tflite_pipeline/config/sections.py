@@ -22,7 +22,8 @@ NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
 AUTO_NORMALIZATION = "auto"   # raw pixels when the model normalizes its own input, else minus_one_to_one
 IO_DTYPES = ("int8", "uint8")
 VARIANTS = ("float32", "int8")                      # exported by default
-EXTRA_VARIANTS = ("float16", "dynamic")             # on request: float16 weights; int8 weights, float activations
+# on request: float16 weights; int8 weights with float activations; int16 activations with int8 weights
+EXTRA_VARIANTS = ("float16", "dynamic", "int16x8")
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
 MIN_CALIBRATION_SAMPLES = 10                        # fewer images give int8 ranges too noisy to trust
 
@@ -196,6 +197,48 @@ class ConvertConfig(Section):
         _require(self.io_dtype in IO_DTYPES, self.section, "io_dtype", self.io_dtype, f"one of {IO_DTYPES}")
         _require(self.calibration_samples >= MIN_CALIBRATION_SAMPLES, self.section, "calibration_samples",
                  self.calibration_samples, f"an integer >= {MIN_CALIBRATION_SAMPLES} (200 or more is advisable)")
+
+
+ACTIVATION_RANGES = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class PTQConfig(Section):
+    """Post-training int8 fidelity: what the converter is given between calibration and quantization.
+
+    The converter calibrates as always; the chosen activation ranges, weight integers and biases are written into
+    its calibrated model, and its own quantizer produces the `.tflite` (read back: the integers must be the chosen
+    ones). Applies to every post-training int8 model of the run (not QAT models, which carry their own ranges).
+    """
+
+    section: ClassVar[str] = "ptq"
+    ranges: str = "minmax"          # activation ranges: minmax (the converter's), percentile, mse (per tensor)
+    percentile: float = 99.99       # with ranges = "percentile": the share of values kept inside the range
+    adaround: bool = False          # fit each weight's rounding (up or down) to the layer's outputs (AdaRound)
+    adaround_iterations: int = 300  # optimizer steps per layer
+    bias_correction: bool = False   # cancel the mean output shift the weight rounding causes, per channel
+    samples: int = 128              # calibration images the statistics and the fits run on
+
+    def __post_init__(self) -> None:
+        _require(self.ranges in ACTIVATION_RANGES, self.section, "ranges", self.ranges,
+                 f"one of {ACTIVATION_RANGES}")
+        _require(90.0 <= self.percentile < 100.0, self.section, "percentile", self.percentile,
+                 "a percentage in [90, 100)")
+        _require(self.adaround_iterations >= 1, self.section, "adaround_iterations", self.adaround_iterations,
+                 "an integer >= 1")
+        _require(self.samples >= MIN_CALIBRATION_SAMPLES, self.section, "samples", self.samples,
+                 f"an integer >= {MIN_CALIBRATION_SAMPLES}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything differs from the converter's own post-training quantization."""
+        return self.ranges != "minmax" or self.adaround or self.bias_correction
+
+    def techniques(self) -> tuple[str, ...]:
+        """Short names of what is on, in the order applied: `("mse ranges", "adaround", "bias correction")`."""
+        return tuple(name for name, on in ((f"{self.ranges} ranges", self.ranges != "minmax"),
+                                           ("adaround", self.adaround), ("bias correction", self.bias_correction))
+                     if on)
 
 
 # LiteRT's kernel sets: XNNPACK (the default delegate on phones and here), the built-in optimized kernels,

@@ -225,10 +225,12 @@ def _runtime_check(raw_runtime: str, result: dict, reference: Sequence[np.ndarra
                         missing_ops=missing, same_top1=same_top1, max_output_diff=max_diff)
 
 
-APP_DTYPES = ("float32", "int8", "uint8")
+# int16 I/O is an int16x8 model's (int16 activations, int8 weights; integer-only): LiteRT runs its ops on the builtin
+# kernels, XNNPACK takes none of them (it loads and runs, slower than int8)
+APP_DTYPES = ("float32", "int8", "uint8", "int16")
 
 
-NUMPY_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
+NUMPY_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int16": np.int16}
 
 
 def contract_problems(info, spec: PreprocessSpec, num_labels: int) -> list[str]:
@@ -247,6 +249,9 @@ def contract_problems(info, spec: PreprocessSpec, num_labels: int) -> list[str]:
             problems.append(f"{role} dtype {tensor.dtype} is not one of {APP_DTYPES}")
         elif tensor.dtype != "float32" and not tensor.scale:
             problems.append(f"{role} is {tensor.dtype} without a quantization scale")
+    if "int16" in (tensor_in.dtype, tensor_out.dtype) and info.float_ops:
+        problems.append(f"has int16 I/O but {len(info.float_ops)} op(s) compute in float ({info.float_ops[0]}); "
+                        "the app takes int16 I/O from integer-only int16x8 models")
     classes = int(np.prod([d for d in tensor_out.shape if d > 0])) if tensor_out.shape else 0
     if classes != num_labels:
         problems.append(f"output shape {list(tensor_out.shape)} gives {classes} scores but labels.txt has "

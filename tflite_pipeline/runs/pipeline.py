@@ -342,7 +342,7 @@ def convert_verify_publish(trained: Trained, folder: RunFolder, clock: RunClock)
 def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
     """Convert every job (in a child process when `convert.isolate`), write each `.tflite` and measure it."""
     recipe, log = out.context.recipe, out.context.log
-    if any(job.kind == "int8" for job in out.jobs):
+    if any(job.kind in ("int8", "int16x8") for job in out.jobs):
         out.representative = representative_dataset(out.context.calibration_images(), out.context.spec,
                                                     recipe.convert.calibration_samples)
         if out.representative.num_samples < recipe.convert.calibration_samples:
@@ -353,10 +353,13 @@ def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
         convert = isolated.convert if isolated else convert_variant
         for job in out.jobs:
             where = " in a child process" if isolated else ""
-            log(f"[convert] {job.variant}{where}" + (f" ({out.representative.num_samples} calibration images)"
-                                                     if job.kind == "int8" else ""))
+            ptq = None if job.stage is not None and job.stage.is_qat else recipe.ptq  # QAT carries its own ranges
+            techniques = ", ".join(ptq.techniques()) if ptq is not None and job.kind == "int8" else ""
+            log(f"[convert] {job.variant}{where}" + (f" ({out.representative.num_samples} calibration images"
+                                                     + (f"; {techniques}" if techniques else "") + ")"
+                                                     if job.kind in ("int8", "int16x8") else ""))
             data = convert(job.source_model(out.baseline), job.kind, representative=out.representative,
-                           io_dtype=recipe.convert.io_dtype, log=log, label=job.variant)
+                           io_dtype=recipe.convert.io_dtype, ptq=ptq, log=log, label=job.variant)
             file = f"{out.name}_{job.variant}.tflite"
             out.folder.write_bytes(file, data)
             out.flatbuffers[job.variant] = data

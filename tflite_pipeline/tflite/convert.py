@@ -1,5 +1,6 @@
 """TFLite conversion: float32, strict full-integer int8 with a representative dataset, and on request
-float16 (half-size weights, float compute) and dynamic-range (int8 weights, float activations).
+float16 (half-size weights, float compute), dynamic-range (int8 weights, float activations) and int16x8 (int16
+activations, int8 weights, int16 I/O: integer-only, for accuracy over speed).
 
 The int8 variant allows only `TFLITE_BUILTINS_INT8` kernels, quantizes weights per channel, and
 uses int8 (or uint8) input and output tensors. Any op left in float is an error naming the op,
@@ -21,7 +22,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tflite_pipeline import env, progress
-from tflite_pipeline.config.sections import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES
+from tflite_pipeline.config.sections import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES, PTQConfig
 from tflite_pipeline.data.folders import ImageFolder
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import ConversionError, DataError, ModelError
@@ -159,20 +160,54 @@ def check_finite_activations(model: keras.Model, representative: RepresentativeD
 
 
 def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, io_dtype: str = "int8",
-                 log: Log | None = None) -> bytes:
+                 ptq: PTQConfig | None = None, log: Log | None = None) -> bytes:
     """Strict full-integer `.tflite`: int8 kernels only, per-channel weights, `io_dtype` input/output.
 
+    With an active `ptq` (activation ranges, AdaRound, bias correction), the converter's calibrated model is
+    edited before its quantizer runs (`fidelity.fidelity_int8`); the weight integers are read back and checked.
     Raises `ConversionError` naming the ops that cannot run in int8, `ModelError` when the calibration
     images give NaN/Inf activations.
     """
     check_finite_activations(model, representative)
-    flatbuffer = _run(int8_converter(model, representative, io_dtype=io_dtype, log=log), "full-integer int8")
+    converter = int8_converter(model, representative, io_dtype=io_dtype, log=log)
+    if ptq is not None and ptq.active:
+        from tflite_pipeline.tflite.fidelity import fidelity_int8
+
+        def images() -> Iterator[np.ndarray]:
+            for count, inputs in enumerate(representative()):
+                if count >= ptq.samples:
+                    return
+                yield inputs[0][0]
+
+        flatbuffer, _ = fidelity_int8(converter, images, ptq, io_dtype=io_dtype, log=log)
+    else:
+        flatbuffer = _run(converter, "full-integer int8")
+    check_integer_only(flatbuffer, "Full-integer")
+    return flatbuffer
+
+
+def check_integer_only(flatbuffer: bytes, what: str) -> None:
+    """Raise `ConversionError` naming the ops a `what` conversion left in float."""
     leftovers = inspect_tflite(flatbuffer).float_ops
     if leftovers:
         computing = [op for op in leftovers if not op.startswith(("QUANTIZE ", "DEQUANTIZE "))] or list(leftovers)
-        raise ConversionError(f"Full-integer conversion would leave ops in float: {', '.join(computing)}. These ops "
-                              "have no int8 kernel in TFLite; replace the layers that produce them with int8-capable "
-                              "ones (or remove them from the exported model).")
+        raise ConversionError(f"{what} conversion would leave ops in float: {', '.join(computing)}. These ops "
+                              "have no integer kernel in TFLite; replace the layers that produce them with "
+                              "integer-capable ones (or remove them from the exported model).")
+
+
+def convert_int16x8(model: keras.Model, representative: RepresentativeDataset, *, log: Log | None = None) -> bytes:
+    """16-bit activations, 8-bit per-channel weights, int16 input and output: integer-only, closer to float than
+    int8, larger activations in memory, and run by LiteRT's built-in kernels (XNNPACK has none for int16)."""
+    check_finite_activations(model, representative)
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = counted_calibration(representative, log)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    converter.inference_input_type = tf.int16
+    converter.inference_output_type = tf.int16
+    flatbuffer = _run(converter, "int16x8")
+    check_integer_only(flatbuffer, "int16x8")
     return flatbuffer
 
 
@@ -198,14 +233,15 @@ def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False
 
 
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
-                    io_dtype: str = "int8", log: Log | None = None, label: str | None = None,
-                    summary: bool = True) -> bytes:
-    """Dispatch on the variant name: `float32`, `int8`, `float16` or `dynamic`. NaN/Inf weights are a `ModelError`.
+                    io_dtype: str = "int8", ptq: PTQConfig | None = None, log: Log | None = None,
+                    label: str | None = None, summary: bool = True) -> bytes:
+    """Dispatch on the variant name: `float32`, `int8`, `float16`, `dynamic` or `int16x8`; `ptq` applies to int8.
+    NaN/Inf weights are a `ModelError`.
 
     Logs one line when done, `[convert] int8: 612.3 KiB in 18.2 s` (`label` names the variant there; to `log`,
     default stderr; not with `summary=False`); int8 calibration shows progress."""
     started = time.monotonic()
-    data = _convert_variant(model, variant, representative=representative, io_dtype=io_dtype, log=log)
+    data = _convert_variant(model, variant, representative=representative, io_dtype=io_dtype, ptq=ptq, log=log)
     if summary:
         log_conversion(label or variant, data, time.monotonic() - started, log)
     return data
@@ -218,7 +254,7 @@ def log_conversion(label: str, data: bytes, seconds: float, log: Log | None = No
 
 
 def _convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None,
-                     io_dtype: str, log: Log | None) -> bytes:
+                     io_dtype: str, ptq: PTQConfig | None, log: Log | None) -> bytes:
     check_finite_weights(model)
     if variant == "float32":
         return convert_float32(model)
@@ -226,10 +262,12 @@ def _convert_variant(model: keras.Model, variant: str, *, representative: Repres
         return convert_float16(model)
     if variant == "dynamic":
         return convert_dynamic_range(model)
-    if variant == "int8":
+    if variant in ("int8", "int16x8"):
         if representative is None:
-            raise ConversionError("The int8 variant needs a representative dataset (calibration images).")
-        return convert_int8(model, representative, io_dtype=io_dtype, log=log)
+            raise ConversionError(f"The {variant} variant needs a representative dataset (calibration images).")
+        if variant == "int16x8":
+            return convert_int16x8(model, representative, log=log)
+        return convert_int8(model, representative, io_dtype=io_dtype, ptq=ptq, log=log)
     raise ConversionError(f"Received variant={variant!r}; expected one of {list(ALL_VARIANTS)}.")
 
 
@@ -266,7 +304,8 @@ class IsolatedConverter:
             self._pool = None
 
     def convert(self, model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
-                io_dtype: str = "int8", log: Log | None = None, label: str | None = None) -> bytes:
+                io_dtype: str = "int8", ptq: PTQConfig | None = None, log: Log | None = None,
+                label: str | None = None) -> bytes:
         """`convert_variant` in the child (its calibration progress on the child's stderr when `log` is the
         default), and the same one-line summary here."""
         from tflite_pipeline.model.files import save_model_file
@@ -279,11 +318,12 @@ class IsolatedConverter:
         with tempfile.TemporaryDirectory(prefix="tflite-pipeline-convert-") as folder:
             model_path = save_model_file(model, folder)
             samples_path = None
-            if representative is not None and variant == "int8":  # the only variant that calibrates
+            if representative is not None and variant in ("int8", "int16x8"):  # the variants that calibrate
                 samples_path = str(Path(folder) / "samples.npy")
                 np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
             show_progress = log is None or log is progress.log
-            future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype, show_progress)
+            future = self._pool.submit(_convert_files, str(model_path), variant, samples_path, io_dtype, ptq,
+                                       show_progress)
             try:
                 data = future.result()
             except concurrent.futures.process.BrokenProcessPool:
@@ -295,7 +335,7 @@ class IsolatedConverter:
 
 
 def _convert_files(model_path: str, variant: str, samples_path: str | None, io_dtype: str,
-                   show_progress: bool = True) -> bytes:
+                   ptq: PTQConfig | None = None, show_progress: bool = True) -> bytes:
     """In the child: load what `IsolatedConverter.convert` saved and convert it (the parent logs the summary)."""
     from tflite_pipeline.model.files import load_model_file
 
@@ -310,7 +350,7 @@ def _convert_files(model_path: str, variant: str, samples_path: str | None, io_d
 
         representative.num_samples = len(samples)  # type: ignore[attr-defined]
 
-    return convert_variant(model, variant, representative=representative, io_dtype=io_dtype, summary=False,
+    return convert_variant(model, variant, representative=representative, io_dtype=io_dtype, ptq=ptq, summary=False,
                            log=None if show_progress else _silent)
 
 

@@ -79,7 +79,7 @@ class TFLiteInfo:
 
     @property
     def is_full_integer(self) -> bool:
-        return not self.float_ops and all(t.dtype in ("int8", "uint8") for t in self.inputs + self.outputs)
+        return not self.float_ops and all(t.dtype in ("int8", "uint8", "int16") for t in self.inputs + self.outputs)
 
     def layer_sparsity(self, layer_names: list[str]) -> dict[str, float]:
         """Sparsity of the weight tensor each Keras layer became (matched by name, QAT `quant_` prefix too)."""

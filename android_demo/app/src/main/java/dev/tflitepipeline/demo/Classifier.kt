@@ -25,7 +25,8 @@ import org.tensorflow.lite.Tensor
 class Classification(val top: List<Prediction>, val inferenceMs: Double, val totalMs: Double)
 
 /**
- * A `.tflite` from `assets/models/` in the LiteRT interpreter (XNNPACK on the CPU, `threads` threads).
+ * A `.tflite` from `assets/models/` in the LiteRT interpreter (XNNPACK on the CPU, `threads` threads; XNNPACK
+ * takes no int16 ops, so an int16x8 model runs on LiteRT's builtin kernels).
  * Everything about the input comes from the model: shape, dtype, scale and zero point are read from the
  * input tensor and the buffer is sized from its byte count; only normalization and labels come from the
  * exported model_config.json and labels.txt. Not thread-safe: use it from one background thread, and
@@ -115,8 +116,9 @@ class Classifier(
                 DataType.FLOAT32 -> TensorType.FLOAT32
                 DataType.INT8 -> TensorType.INT8
                 DataType.UINT8 -> TensorType.UINT8
+                DataType.INT16 -> TensorType.INT16
                 else -> throw IllegalArgumentException(
-                    "Tensor '${tensor.name()}' is ${tensor.dataType()}; the app runs float32, int8 and uint8 models.")
+                    "Tensor '${tensor.name()}' is ${tensor.dataType()}; the app runs float32, int8, uint8 and int16 models.")
             }
             val quantization = tensor.quantizationParams()
             return TensorSpec(tensor.shape(), type, quantization.scale, quantization.zeroPoint)

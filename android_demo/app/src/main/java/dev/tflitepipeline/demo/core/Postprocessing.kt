@@ -20,6 +20,7 @@ object Postprocessing {
                 TensorType.FLOAT32 -> raw.float
                 TensorType.INT8 -> (raw.get().toInt() - output.zeroPoint) * output.scale
                 TensorType.UINT8 -> ((raw.get().toInt() and 0xFF) - output.zeroPoint) * output.scale
+                TensorType.INT16 -> (raw.short.toInt() - output.zeroPoint) * output.scale
             }
         }
         raw.rewind()

@@ -39,8 +39,8 @@ object Preprocessing {
         val levels = (type.maxValue - type.minValue).toFloat()
         val perStep = levels / (scale * levels)
         val nudgedLow = (type.minValue - zeroPoint) * scale
-        val q = floor((x - nudgedLow) * perStep + 0.5f).toInt() + type.minValue
-        return if (q < type.minValue) type.minValue else if (q > type.maxValue) type.maxValue else q
+        val q = floor((x - nudgedLow) * perStep + 0.5f) + type.minValue  // clamped as a float, as numpy does
+        return q.coerceIn(type.minValue.toFloat(), type.maxValue.toFloat()).toInt()
     }
 
     /** Pillow's gray conversion in integers: L = (19595 R + 38470 G + 7471 B + 32768) >> 16. */
@@ -76,10 +76,10 @@ object Preprocessing {
     }
 
     private fun put(out: ByteBuffer, x: Float, input: TensorSpec) {
-        if (input.type == TensorType.FLOAT32) {
-            out.putFloat(x)
-        } else {
-            out.put(quantize(x, input.scale, input.zeroPoint, input.type).toByte())
+        when (input.type) {
+            TensorType.FLOAT32 -> out.putFloat(x)
+            TensorType.INT16 -> out.putShort(quantize(x, input.scale, input.zeroPoint, input.type).toShort())
+            else -> out.put(quantize(x, input.scale, input.zeroPoint, input.type).toByte())
         }
     }
 }

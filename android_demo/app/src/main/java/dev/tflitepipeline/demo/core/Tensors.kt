@@ -7,19 +7,19 @@ package dev.tflitepipeline.demo.core
 
 /** The tensor element types the app feeds and reads. */
 enum class TensorType(val label: String, val bytesPerElement: Int) {
-    FLOAT32("float32", 4), INT8("int8", 1), UINT8("uint8", 1);
+    FLOAT32("float32", 4), INT8("int8", 1), UINT8("uint8", 1), INT16("int16", 2);
 
     val isQuantized: Boolean get() = this != FLOAT32
 
     /** Clamp range of an integer type. */
-    val minValue: Int get() = if (this == INT8) -128 else 0
-    val maxValue: Int get() = if (this == INT8) 127 else 255
+    val minValue: Int get() = when (this) { INT8 -> -128; INT16 -> -32768; else -> 0 }
+    val maxValue: Int get() = when (this) { INT8 -> 127; INT16 -> 32767; else -> 255 }
 
     companion object {
-        /** "float32" / "int8" / "uint8" (any case), as in model_config.json and the pipeline's reports. */
+        /** "float32" / "int8" / "uint8" / "int16" (any case), as in model_config.json and the pipeline's reports. */
         fun parse(name: String): TensorType = values().firstOrNull { it.label.equals(name, ignoreCase = true) }
             ?: throw IllegalArgumentException(
-                "Unsupported tensor type '$name'; the app runs float32, int8 and uint8 models.")
+                "Unsupported tensor type '$name'; the app runs float32, int8, uint8 and int16 models.")
     }
 }
 

@@ -31,6 +31,32 @@ class ModelConfigTest {
     }
 
     @Test
+    fun parsesAnInt16x8Model() {
+        val int16 = json.replace(""""dtype": "int8", "scale": 0.5, "zero_point": -1""",
+            """"dtype": "int16", "scale": 3.0518509447574615e-05, "zero_point": 0""")
+            .replace(""""dtype": "float32", "scale": null, "zero_point": null""",
+                """"dtype": "int16", "scale": 3.0517578125e-05, "zero_point": 0""")
+        val entry = ModelConfig.parse(int16).entryFor("m_int8.tflite")!!
+        assertEquals(TensorType.INT16, entry.input.type)
+        assertEquals(3.0518509447574615e-05f, entry.input.scale, 0f)
+        assertEquals(0, entry.input.zeroPoint)
+        assertEquals(8 * 8 * 3 * 2, entry.input.byteCount)
+        assertEquals(TensorType.INT16, entry.output.type)
+        assertEquals(2 * 2, entry.output.byteCount)
+        assertEquals(TensorType.INT16, TensorType.parse("INT16"))
+    }
+
+    @Test
+    fun anUnsupportedDtypeIsNamed() {
+        try {
+            ModelConfig.parse(json.replace(""""dtype": "int8"""", """"dtype": "int32""""))
+            fail("expected an error")
+        } catch (error: IllegalArgumentException) {
+            assertTrue(error.message!!, error.message!!.contains("'int32'"))
+        }
+    }
+
+    @Test
     fun aMissingFieldIsNamed() {
         try {
             ModelConfig.parse(json.replace("\"num_classes\": 2,", ""))

@@ -24,6 +24,18 @@ class PostprocessingTest {
     }
 
     @Test
+    fun scoresDequantizeInt16InTheBuffersOrder() {
+        val spec = TensorSpec(intArrayOf(1, 4), TensorType.INT16, 3.0517578125e-05f, 0)  // an int16x8 softmax: 2^-15
+        assertEquals(8, spec.byteCount)
+        val raw = ByteBuffer.allocate(spec.byteCount).order(ByteOrder.LITTLE_ENDIAN)
+        for (q in intArrayOf(-32768, 0, 16384, 32767)) raw.putShort(q.toShort())
+        assertArrayEquals(floatArrayOf(-1f, 0f, 0.5f, 32767f / 32768f), Postprocessing.scores(raw, spec), 0f)
+        val shifted = TensorSpec(intArrayOf(1, 1), TensorType.INT16, 0.5f, 3)
+        val one = ByteBuffer.allocate(2).order(ByteOrder.nativeOrder()).putShort(-1)
+        assertArrayEquals(floatArrayOf(-2f), Postprocessing.scores(one, shifted), 0f)
+    }
+
+    @Test
     fun scoresReadFloat32() {
         val spec = TensorSpec(intArrayOf(1, 2), TensorType.FLOAT32, 0f, 0)
         val raw = ByteBuffer.allocate(8).order(ByteOrder.nativeOrder())

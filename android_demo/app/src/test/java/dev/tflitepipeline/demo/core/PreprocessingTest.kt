@@ -10,6 +10,7 @@ import org.junit.Test
 
 class PreprocessingTest {
     private val int8 = TensorSpec(intArrayOf(1, 1, 2, 3), TensorType.INT8, 1f / 127.5f, -1)
+    private val int16Scale = 3.0518509447574615e-05f  // an int16x8 model's input scale for [-1, 1] (1 / 32767)
 
     private fun argb(r: Int, g: Int, b: Int): Int = (0xFF shl 24) or (r shl 16) or (g shl 8) or b
 
@@ -37,6 +38,28 @@ class PreprocessingTest {
         assertEquals(-128, Preprocessing.quantize(-1000f, 1f, 0, TensorType.INT8))
         assertEquals(255, Preprocessing.quantize(1000f, 1f, 0, TensorType.UINT8))
         assertEquals(0, Preprocessing.quantize(-1000f, 1f, 0, TensorType.UINT8))
+    }
+
+    @Test
+    fun quantizeSaturatesInt16() {
+        assertEquals(32767, Preprocessing.quantize(2f, int16Scale, 0, TensorType.INT16))
+        assertEquals(-32768, Preprocessing.quantize(-2f, int16Scale, 0, TensorType.INT16))
+        // far enough out that the steps overflow an Int: still saturated, not wrapped
+        assertEquals(32767, Preprocessing.quantize(1e6f, int16Scale, 0, TensorType.INT16))
+        assertEquals(-32768, Preprocessing.quantize(-1e6f, int16Scale, 0, TensorType.INT16))
+    }
+
+    @Test
+    fun quantizeRoundsInt16HalfUpLikeThePipeline() {
+        // numpy: tflite_pipeline.tflite.interpreter.quantize(np.float32(x), np.float32(3.0518509447574615e-05), 0, np.int16)
+        assertEquals(-32767, Preprocessing.quantize(-1f, int16Scale, 0, TensorType.INT16))
+        assertEquals(32767, Preprocessing.quantize(1f, int16Scale, 0, TensorType.INT16))
+        assertEquals(16384, Preprocessing.quantize(0.5f, int16Scale, 0, TensorType.INT16))    // 16383.5: up
+        assertEquals(-16383, Preprocessing.quantize(-0.5f, int16Scale, 0, TensorType.INT16))  // -16383.5: up
+        assertEquals(0, Preprocessing.quantize(1.5e-5f, int16Scale, 0, TensorType.INT16))
+        assertEquals(1, Preprocessing.quantize(1.52e-5f, int16Scale, 0, TensorType.INT16))    // 0.498 steps in float32
+        assertEquals(6, Preprocessing.quantize(0.5f, 1f, 5, TensorType.INT16))
+        assertEquals(4, Preprocessing.quantize(-0.51f, 1f, 5, TensorType.INT16))
     }
 
     @Test
@@ -91,6 +114,22 @@ class PreprocessingTest {
         assertEquals(0f, out.getFloat(0), 0f)
         assertEquals(1f, out.getFloat(4), 0f)
         assertEquals(0.2f, out.getFloat(8), 1e-7f)
+    }
+
+    @Test
+    fun fillInputWritesInt16InTheBuffersOrder() {
+        val spec = TensorSpec(intArrayOf(1, 1, 2, 3), TensorType.INT16, int16Scale, 0)
+        assertEquals(12, spec.byteCount)
+        val pixels = intArrayOf(argb(0, 255, 128), argb(127, 1, 51))
+        // numpy: quantize(p / np.float32(127.5) - 1, np.float32(3.0518509447574615e-05), 0, np.int16)
+        val expected = shortArrayOf(-32767, 32767, 129, -128, -32510, -19660)
+        val native = ByteBuffer.allocate(spec.byteCount).order(ByteOrder.nativeOrder())
+        Preprocessing.fillInput(pixels, spec, Normalization("minus_one_to_one"), native)
+        assertArrayEquals(expected, ShortArray(expected.size) { native.getShort(2 * it) })
+        // little-endian bytes, as .tobytes() writes the golden input on x86 and ARM
+        val little = ByteBuffer.allocate(spec.byteCount).order(ByteOrder.LITTLE_ENDIAN)
+        Preprocessing.fillInput(pixels, spec, Normalization("minus_one_to_one"), little)
+        assertArrayEquals(byteArrayOf(1, -128, -1, 127, -127, 0, -128, -1, 2, -127, 52, -77), little.array())
     }
 
     @Test

@@ -1,0 +1,156 @@
+"""The `[ptq]` techniques on the tiny model: the calibrated model they edit is the Keras model, the integers the
+quantizer writes are the chosen ones, and each technique does what it is for on held-out images."""
+
+import numpy as np
+import pytest
+
+import tflite_pipeline as tp
+from tflite_pipeline.config.sections import PTQConfig
+from tflite_pipeline.data.folders import ImageFolder, read_labels
+from tflite_pipeline.data.preprocess import PreprocessSpec
+from tflite_pipeline.tflite import fidelity
+from tflite_pipeline.tflite.convert import convert_int8, convert_int16x8, int8_converter, representative_dataset
+from tflite_pipeline.tflite.interpreter import LiteRTClassifier
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_run, tiny_model, tiny_data):
+    spec = PreprocessSpec.read_json(tiny_run.run_dir / "preprocessing.json")
+    labels = read_labels(tiny_run.run_dir / "labels.txt")
+    representative = representative_dataset(ImageFolder.scan(tiny_data / "calibration", labels), spec, 40)
+    held_out = np.concatenate([x for x, _ in ImageFolder.scan(tiny_data / "validation", labels).batches(spec, 64)])
+    return tiny_model, representative, held_out
+
+
+def _images(representative):
+    return lambda: (inputs[0][0] for inputs in representative())
+
+
+def _quantized(setup, **settings):
+    model, representative, _ = setup
+    return fidelity.fidelity_int8(int8_converter(model, representative), _images(representative),
+                                  PTQConfig(**settings), log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def everything(setup):
+    return _quantized(setup, ranges="mse", adaround=True, adaround_iterations=60, bias_correction=True)
+
+
+def test_calibrated_model_with_folded_batchnorm_computes_what_keras_computes(setup):
+    model, representative, held_out = setup
+    calibrated = fidelity.calibrated_model(int8_converter(model, representative))
+    opened = fidelity.CalibratedModel(calibrated)
+    ops = {opened.op_name(op) for op in opened.graph.operators}  # BatchNorm folded: no MUL/ADD pair is left per BN
+    assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "PAD"}
+    np.testing.assert_allclose(LiteRTClassifier(calibrated).predict(held_out), model.predict(held_out, verbose=0),
+                               atol=1e-5)
+
+
+def test_weight_integers_read_back_from_the_tflite_are_the_chosen_ones(everything):
+    flatbuffer, result = everything
+    written = fidelity.quantized_weights(flatbuffer)
+    assert result.chosen and set(result.chosen) <= set(written)
+    for name, integers in result.chosen.items():
+        np.testing.assert_array_equal(written[name], integers, err_msg=name)
+    assert result.weights_checked == sum(i.size for i in result.chosen.values())
+    assert result.adarounded > 0 and result.bias_corrected > 0 and result.ranges_changed > 0
+    assert tp.inspect_tflite(flatbuffer).is_full_integer
+
+
+def test_changed_weights_are_caught_by_the_read_back_check(everything):
+    flatbuffer, result = everything
+    name, integers = next(iter(result.chosen.items()))
+    changed = dict(result.chosen, **{name: integers + (integers < 127)})
+    with pytest.raises(tp.ConversionError, match="changed .* chosen weight integers"):
+        fidelity.check_weights(flatbuffer, changed)
+
+
+def test_without_techniques_the_two_steps_give_the_converters_own_int8_model(setup):
+    model, representative, _ = setup
+    two_step = fidelity.quantize_calibrated(fidelity.calibrated_model(int8_converter(model, representative)))
+    standard = convert_int8(model, representative)
+    assert fidelity.quantized_weights(two_step).keys() == fidelity.quantized_weights(standard).keys()
+    for name, integers in fidelity.quantized_weights(standard).items():
+        np.testing.assert_array_equal(fidelity.quantized_weights(two_step)[name], integers)
+    def io(flatbuffer):
+        info = tp.inspect_tflite(flatbuffer)
+        return [(t.dtype, t.scale, t.zero_point) for t in info.inputs + info.outputs]
+
+    assert io(two_step) == io(standard)
+
+
+def test_bias_correction_reduces_the_mean_output_error_on_held_out_images(setup):
+    model, _, held_out = setup
+    reference = model.predict(held_out, verbose=0)
+
+    def mean_error(settings):
+        flatbuffer, _ = _quantized(setup, **settings)
+        return float(np.mean(np.abs(np.mean(LiteRTClassifier(flatbuffer).predict(held_out) - reference, axis=0))))
+
+    assert mean_error({"bias_correction": True}) < mean_error({})  # {}: nearest rounding, the converter's ranges
+
+
+def test_adaround_fits_layer_outputs_better_than_nearest_rounding(setup):
+    model, representative, _ = setup
+    flatbuffer = fidelity.calibrated_model(int8_converter(model, representative))
+    calibrated = fidelity.CalibratedModel(flatbuffer)
+    stats = fidelity.Statistics(calibrated, flatbuffer, _images(representative)(), histograms=False, keep_inputs=8,
+                                log=lambda _: None)
+    fitted_layers = 0
+    for layer in calibrated.layers:
+        weights = calibrated.constant(layer.weights)
+        scales = fidelity.channel_scales(weights, layer.kind)
+        nearest = fidelity.nearest_integers(weights, scales)
+        fitted = fidelity.adaround(layer, weights, scales, stats.kept[layer.input], iterations=100)
+        if fitted is None:  # nearest rounding was as good on this layer's inputs
+            continue
+        fitted_layers += 1
+        assert (fitted != nearest).any()
+        assert np.all(np.abs(fitted - weights / scales) < 1)  # rounded up or down, never further
+        channel = 3 if layer.kind == "DEPTHWISE_CONV_2D" else 0
+        axes = tuple(a for a in range(weights.ndim) if a != channel)
+        assert np.array_equal(np.abs(fitted).max(axis=axes), np.abs(nearest).max(axis=axes))  # scales kept
+    assert fitted_layers >= len(calibrated.layers) // 4
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ("outlier", lambda low, high: high < 0.5),   # one value at 10, the rest in [0, 1): clipped
+    ("uniform", lambda low, high: high > 9.0),   # values spread over the whole range: kept
+])
+def test_mse_range_clips_rare_outliers_and_keeps_a_spread_range(counts, expected):
+    edges = np.linspace(0.0, 10.0, fidelity.HISTOGRAM_BINS + 1)
+    histogram = np.zeros(fidelity.HISTOGRAM_BINS, np.int64)
+    if counts == "outlier":
+        histogram[: fidelity.HISTOGRAM_BINS // 10] = 100_000  # 20 million values in [0, 1)
+        histogram[-1] = 1
+    else:
+        histogram[:] = 1000
+    assert expected(*fidelity.mse_range(histogram, edges))
+
+
+def test_percentile_range_keeps_the_asked_share_of_values():
+    edges = np.linspace(-1.0, 1.0, fidelity.HISTOGRAM_BINS + 1)
+    histogram = np.full(fidelity.HISTOGRAM_BINS, 100, np.int64)
+    low, high = fidelity.percentile_range(histogram, edges, 99.0)
+    assert low == pytest.approx(-0.99, abs=2e-3) and high == pytest.approx(0.99, abs=2e-3)
+
+
+def test_int16x8_model_is_integer_only_and_closer_to_float_than_int8(setup, tiny_run):
+    model, representative, held_out = setup
+    flatbuffer = convert_int16x8(model, representative)
+    info = tp.inspect_tflite(flatbuffer)
+    assert info.is_full_integer and info.inputs[0].dtype == info.outputs[0].dtype == "int16"
+    reference = model.predict(held_out, verbose=0)
+    error16 = np.abs(LiteRTClassifier(flatbuffer, kernels="builtin").predict(held_out) - reference).max()
+    error8 = np.abs(LiteRTClassifier(tiny_run.tflite_path("int8")).predict(held_out) - reference).max()
+    assert error16 < error8 / 4
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"ranges": "kl"}, "ptq.ranges"), ({"percentile": 100.0}, "ptq.percentile"), ({"samples": 2}, "ptq.samples"),
+])
+def test_bad_ptq_settings_name_the_field(settings, message):
+    with pytest.raises(tp.RecipeError, match=message):
+        PTQConfig(**settings)
