@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/latency.py                            # width 1.0, 224x224, 1000 classes
     .venv/bin/python benchmarks/latency.py --alpha 0.35 --size 96 --threads 1 2
+    .venv/bin/python benchmarks/latency.py --int16x8 --threads 1 2     # int16 activations too (builtin kernels)
 
 The model has random weights (`weights=None`; nothing is downloaded) and the int8 model is calibrated
 on ~20 seeded random images: kernel speed does not depend on weight values, so this measures latency,
@@ -39,25 +40,42 @@ def random_representative(size: int, count: int, seed: int = 0):
     return generate
 
 
-def convert_pair(out: Path, *, alpha: float, size: int, classes: int, calibration: int, rebuild: bool
-                 ) -> tuple[Path, Path]:
-    """The cached (float32, int8) .tflite files of MobileNetV2 `alpha` at `size`x`size`, converting if needed."""
+def batchnorm_from_data(model, size: int) -> None:
+    """Set every BatchNormalization's moving statistics from one batch of random images, as training would.
+
+    A fresh model's mean 0 / variance 1 leaves some depthwise outputs nearly constant; int16x8's kernels then
+    refuse to prepare (a requantization multiplier overflows). Latency does not depend on the values."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = 0.0
+    model(next(iter(random_representative(size, 1)()))[0].repeat(16, axis=0), training=True)
+
+
+def convert_models(out: Path, *, alpha: float, size: int, classes: int, calibration: int, rebuild: bool,
+                   int16x8: bool = False) -> list[Path]:
+    """The cached float32, int8 (and int16x8) .tflite files of MobileNetV2 `alpha` at `size`x`size`, converting
+    what is missing."""
     stem = f"mobilenet_v2_{alpha:g}_{size}_{classes}"
-    float32, int8 = out / f"{stem}_float32.tflite", out / f"{stem}_int8.tflite"
-    if float32.is_file() and int8.is_file() and not rebuild:
-        _log(f"[latency] reusing {float32} and {int8} (pass --rebuild to convert again)")
-        return float32, int8
+    variants = ("float32", "int8", "int16x8") if int16x8 else ("float32", "int8")
+    paths = [out / f"{stem}_{variant}.tflite" for variant in variants]
+    missing = [(v, p) for v, p in zip(variants, paths, strict=True) if rebuild or not p.is_file()]
+    if not missing:
+        _log(f"[latency] reusing {', '.join(map(str, paths))} (pass --rebuild to convert again)")
+        return paths
     from tflite_pipeline.model.build import build_mobilenet_v2
-    from tflite_pipeline.tflite.convert import convert_float32, convert_int8
+    from tflite_pipeline.tflite.convert import convert_variant
 
     started = time.perf_counter()
     model = build_mobilenet_v2(classes, size, alpha=alpha, weights=None, seed=0)
-    _log(f"[latency] built {model.name}: {model.count_params():,} parameters; converting float32")
-    atomic_write_bytes(float32, convert_float32(model))
-    _log(f"[latency] converting int8 (calibration: {calibration} random images)")
-    atomic_write_bytes(int8, convert_int8(model, random_representative(size, calibration)))
+    if int16x8:
+        batchnorm_from_data(model, size)
+    _log(f"[latency] built {model.name}: {model.count_params():,} parameters (calibration: {calibration} random "
+         "images)")
+    for variant, path in missing:
+        representative = random_representative(size, calibration)
+        atomic_write_bytes(path, convert_variant(model, variant, representative=representative, log=_log))
     _log(f"[latency] converted in {time.perf_counter() - started:.0f} s")
-    return float32, int8
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/latency", help="cache and output folder")
     parser.add_argument("--rebuild", action="store_true", help="convert again even if cached files exist")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--int16x8", action="store_true", help="also time the int16x8 model (int16 activations)")
     parser.add_argument("--figures", action="store_true", help="also write docs/figures/latency-<model>.md (+ .json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        float32, int8 = convert_pair(out, alpha=args.alpha, size=args.size, classes=args.classes,
-                                     calibration=args.calibration, rebuild=args.rebuild)
+        paths = convert_models(out, alpha=args.alpha, size=args.size, classes=args.classes,
+                               calibration=args.calibration, rebuild=args.rebuild, int16x8=args.int16x8)
         cpu = cpu_description()
         _log(f"[latency] timing on {cpu['model']} ({cpu['summary']}, os.cpu_count() = {cpu['logical_cpus']})")
-        benchmarks = bench_models([float32, int8], threads=args.threads, runs=args.runs, warmup=args.warmup,
+        benchmarks = bench_models(paths, threads=args.threads, runs=args.runs, warmup=args.warmup,
                                   kernels=args.kernels, memory=not args.no_memory, log=_log)
     except tp.PipelineError as error:
         print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
@@ -90,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"# MobileNetV2 {args.alpha:g} at {args.size}x{args.size}, {args.classes} classes: batch-1 latency "
              "in LiteRT\n\n")
     print(table)
-    stem = float32.name.removesuffix("_float32.tflite")
+    stem = paths[0].name.removesuffix("_float32.tflite") + ("_int16x8" if args.int16x8 else "")
     atomic_write_text(out / f"{stem}_bench.md", title + table + "\n")
     atomic_write_json(out / f"{stem}_bench.json", bench_report(benchmarks, cpu))
     if args.figures:

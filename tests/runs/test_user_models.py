@@ -244,7 +244,7 @@ def test_when_ptq_misses_the_gate_on_a_user_model_the_report_says_what_to_do_nex
     failed = replace(report, recipe=recipe, parity=replace(report.parity, rows=(missed,)))
     steps = " ".join(failed.next_steps())
     assert "--recipe qat --set 'model.source=/data/my model.keras' --set train.epochs=0" in steps
-    assert "fallback" in steps and "--calibration-samples" in steps
+    assert "fallback" in steps and "ptq.adaround=true" in steps and "int16x8" in steps
     assert "## Next steps (the gate failed)" in failed.to_markdown() and failed.exit_code == 9
 
 

@@ -7,12 +7,14 @@ else is an `OptionalStepError`, exit 12) and costs the user nothing that was ver
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import tf_keras as keras
 
 from tflite_pipeline.config.recipe import Recipe
+from tflite_pipeline.config.sections import PTQConfig
 from tflite_pipeline.errors import OptionalStepError, PipelineError
 from tflite_pipeline.optimize.stage import StageContext
 from tflite_pipeline.progress import Log
@@ -20,10 +22,12 @@ from tflite_pipeline.progress import log as _stderr
 from tflite_pipeline.runs.outputs import RunOutputs
 from tflite_pipeline.runs.report import ModelArtifact, StepFailure
 from tflite_pipeline.tflite.bench import LatencyResult, measure_latency
-from tflite_pipeline.tflite.convert import RepresentativeDataset, representative_dataset
+from tflite_pipeline.tflite.convert import RepresentativeDataset, convert_variant, representative_dataset
 from tflite_pipeline.tflite.diagnose import (
     Diagnosis,
     FallbackResult,
+    MeasuredOption,
+    OptionRanking,
     QuantizationDebug,
     accuracy_budgeted_fallback,
     top1_evaluator,
@@ -97,6 +101,59 @@ def diagnose_post_training_models(out: RunOutputs, optional: OptionalSteps) -> N
         out.artifacts.append(ModelArtifact.measure(variant, file, fallback.model, inspect_tflite(fallback.model)))
         out.flatbuffers[variant] = fallback.model
         out.parity = replace(out.parity, rows=out.parity.rows + rows.rows)
+    for job in [j for j in out.jobs if j.kind == "int8" and not (j.stage and j.stage.is_qat)]:
+        if not out.parity.row(job.variant).passed:
+            ranking = optional.run(f"rank options {job.variant}", rank_options, out, job.variant,
+                                   job.source_model(out.baseline))
+            if ranking is not None:
+                out.rankings.append(ranking)
+
+
+# the [ptq] combination the ranking tries when the recipe's own settings missed the gate
+ALL_TECHNIQUES = PTQConfig(ranges="percentile", adaround=True, bias_correction=True)
+
+
+def rank_options(out: RunOutputs, variant: str, source: keras.Model) -> OptionRanking:
+    """Measure what could replace a post-training int8 model that missed the gate: the `[ptq]` techniques (when
+    the recipe did not use them all), int16x8, the float fallback and a QAT model of the run (when there are),
+    ranked by agreement with the Keras source, then by top-1."""
+    context = out.context
+    recipe, log = context.recipe, context.log
+    row = out.parity.row(variant)
+    size = {a.variant: a.size_bytes for a in out.artifacts}
+    strict_name = f"post-training int8 ({', '.join(recipe.ptq.techniques()) or 'converter'})"
+    options = [MeasuredOption(strict_name, variant, row.source_agreement, row.top1,
+                              row.top1_drop, size[variant], None, "int8 kernels (XNNPACK)")]
+    candidates = [("int16x8", "int16x8", None, "int16 activations: 2x activation memory, LiteRT built-in kernels "
+                   "(no XNNPACK), slower")]
+    if recipe.ptq != ALL_TECHNIQUES:
+        candidates.insert(0, ("[ptq] percentile ranges + adaround + bias correction", "int8", ALL_TECHNIQUES,
+                              "int8 kernels (XNNPACK), same speed; --set ptq.ranges=percentile --set ptq.adaround=true "
+                              "--set ptq.bias_correction=true"))
+    for name, kind, ptq, cost in candidates:
+        log(f"[diagnose] {variant}: measuring {name}")
+        started = time.monotonic()
+        model = convert_variant(source, kind, representative=out.representative, io_dtype=recipe.convert.io_dtype,
+                                ptq=ptq, log=log, label=name)
+        seconds = time.monotonic() - started
+        label, keras_source = out.sources.get(variant, ("float Keras", out.baseline))
+        measured = measure_parity(out.baseline, {name: model}, context.splits.validation, context.spec,
+                                  recipe.verify, sources={name: (label, keras_source)}, log=log).row(name)
+        options.append(MeasuredOption(name, "", measured.source_agreement, measured.top1, measured.top1_drop,
+                                      len(model), seconds, cost))
+    fallback_variant = f"{variant}_fallback"
+    if any(r.variant == fallback_variant for r in out.parity.rows):
+        r = out.parity.row(fallback_variant)
+        options.append(MeasuredOption("float fallback", fallback_variant, r.source_agreement, r.top1, r.top1_drop,
+                                      size[fallback_variant], None, "float ops: not for int8-only accelerators"))
+    for job in out.jobs:
+        if job.stage is not None and job.stage.is_qat:
+            r = out.parity.row(job.variant)
+            options.append(MeasuredOption(f"QAT ({job.variant})", job.variant, r.agreement, r.top1, r.top1_drop,
+                                          size[job.variant], None, "training: the recipe's QAT epochs"))
+    ranked = tuple(sorted(options, key=lambda o: (-o.agreement, -o.top1)))
+    log(f"[diagnose] {variant}: options by agreement: " + ", ".join(f"{o.name} {o.agreement:.2%}" for o in ranked))
+    return OptionRanking(variant, ranked)
 
 
 def diagnose_and_repair(variant: str, source: keras.Model, row: ParityRow, source_top1: float,

@@ -11,7 +11,7 @@ from tflite_pipeline.optimize.stage import StageContext, StageOutput
 from tflite_pipeline.runs.folder import RunFolder
 from tflite_pipeline.runs.report import ModelArtifact
 from tflite_pipeline.tflite.convert import RepresentativeDataset
-from tflite_pipeline.tflite.diagnose import Diagnosis, FallbackResult
+from tflite_pipeline.tflite.diagnose import Diagnosis, FallbackResult, OptionRanking
 from tflite_pipeline.tflite.parity import ParityReport
 
 
@@ -57,4 +57,5 @@ class RunOutputs:
     parity: ParityReport | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)
     fallbacks: list[FallbackResult] = field(default_factory=list)
+    rankings: list[OptionRanking] = field(default_factory=list)    # options measured for a failed int8 model
     warnings: list[str] = field(default_factory=list)

@@ -13,7 +13,7 @@ from typing import Any
 from tflite_pipeline.optimize.channels import format_groups
 from tflite_pipeline.optimize.stage import StageRecord
 from tflite_pipeline.tflite.bench import LatencyResult
-from tflite_pipeline.tflite.diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, layer_name
+from tflite_pipeline.tflite.diagnose import IDEAL_RMSE_OVER_SCALE, Diagnosis, FallbackResult, OptionRanking, layer_name
 from tflite_pipeline.tflite.flatbuffer import TFLiteInfo, gzip_size
 from tflite_pipeline.tflite.parity import ParityReport
 
@@ -74,6 +74,7 @@ class RunReport:
     stages: tuple[StageRecord, ...] = ()
     diagnoses: tuple[Diagnosis, ...] = ()
     fallbacks: tuple[FallbackResult, ...] = ()
+    rankings: tuple[OptionRanking, ...] = ()                # options measured for an int8 model that failed
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
     reused_stages: tuple[str, ...] = ()                     # training stages loaded from the stage cache
@@ -90,6 +91,7 @@ class RunReport:
             "parity": self.parity.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "stages": [asdict(stage) for stage in self.stages],
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
+            "option_rankings": [r.to_dict() for r in self.rankings],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
             "channels": self.channels, "reused_stages": list(self.reused_stages),
@@ -128,8 +130,14 @@ class RunReport:
             steps.append("The per-layer diagnosis shows which layers lose most; the accuracy-budgeted float fallback "
                          "keeps a few of them in float (`int8_fallback`, not for int8-only accelerators)" +
                          ("." if fallback else ": enable it with --set diagnose.fallback=true."))
-            steps.append("Fewer calibration images can mean tighter activation ranges (the converter takes their "
-                         "min/max): try --calibration-samples 100.")
+            if self.rankings:
+                best = self.rankings[0].options[0]
+                steps.append(f"Measured for `{self.rankings[0].variant}` (see \"Options measured\"): the closest to "
+                             f"float is {best.name} ({best.agreement:.2%} agreement; {best.cost}).")
+            else:
+                steps.append("The [ptq] techniques choose activation ranges and weight rounding for fidelity: try "
+                             "--set ptq.ranges=percentile --set ptq.adaround=true --set ptq.bias_correction=true, "
+                             "or the int16x8 variant (--variants int8 int16x8).")
         staged = [row for row in failed if row.variant not in ("int8", "int8_fallback")]
         if staged:
             base = self.stages[0].keras_top1 if self.stages else self.parity.keras_top1
@@ -304,6 +312,10 @@ class RunReport:
         for diagnosis in self.diagnoses:
             lines += ["", f"## Quantization diagnosis: `{diagnosis.variant}`", "", diagnosis.format_table(),
                       "", f"All layers: `{self.model['name']}_{diagnosis.variant}_layers.csv`."]
+        for ranking in self.rankings:
+            lines += ["", f"## Options measured: `{ranking.variant}` missed the gate", "",
+                      "Each measured on the validation split against the Keras source, best agreement first:", "",
+                      ranking.format_table()]
         for fallback in self.fallbacks:
             lines += ["", f"## Float fallback: `{fallback.variant}`", "", fallback.format_table()]
             if fallback.model is not None:

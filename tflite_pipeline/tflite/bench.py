@@ -121,7 +121,7 @@ class ModelBenchmark:
 
     name: str
     file: str
-    precision: str                      # int8 (full-integer), float32, float16, dynamic (int8 weights) or mixed
+    precision: str  # int8 (full-integer), int16x8, float32, float16, dynamic (int8 weights) or mixed
     size_bytes: int
     gzip_bytes: int
     parameters: int
@@ -297,7 +297,7 @@ def measure_peak_memory(model: str | Path | bytes, *, threads: int = 1, kernels:
 
 def _precision(info: Any, model: schema.ModelT) -> str:
     if info.is_full_integer:
-        return "int8"
+        return "int16x8" if any(t.dtype == "int16" for t in info.inputs) else "int8"
     graph = model.subgraphs[0]
     constant = {t.type for t in graph.tensors
                 if 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer].data is not None
@@ -375,23 +375,23 @@ def speed_ratios(benchmarks: Sequence[ModelBenchmark]) -> list[dict[str, Any]]:
         return []
     out = []
     for bench in benchmarks:
-        if bench.precision != "int8":
+        if bench.precision not in ("int8", "int16x8"):
             continue
         for result in bench.latencies:
             base = reference.latency(result.threads)
             if base is not None and base.median_ms > 0:
                 out.append({"int8": bench.name, "float32": reference.name, "threads": result.threads,
-                            "ratio": result.median_ms / base.median_ms})
+                            "ratio": result.median_ms / base.median_ms, "precision": bench.precision})
     return out
 
 
-def ratio_sentence(ratio: float, isa: str) -> str:
+def ratio_sentence(ratio: float, isa: str, precision: str = "int8") -> str:
     """'int8 is 1.42× slower than float32 here (ISA ...)' for ratio = int8 time / float32 time."""
     if round(ratio, 2) == 1.0:
-        return f"int8 is as fast as float32 here (1.00×; ISA {isa})"
+        return f"{precision} is as fast as float32 here (1.00×; ISA {isa})"
     if ratio > 1:
-        return f"int8 is {ratio:.2f}× slower than float32 here (ISA {isa})"
-    return f"int8 is {1 / ratio:.2f}× faster than float32 here (ISA {isa})"
+        return f"{precision} is {ratio:.2f}× slower than float32 here (ISA {isa})"
+    return f"{precision} is {1 / ratio:.2f}× faster than float32 here (ISA {isa})"
 
 
 def _bytes(n: int) -> str:
@@ -431,9 +431,9 @@ def format_table(benchmarks: Sequence[ModelBenchmark], cpu: dict[str, Any]) -> s
                      f"| {_count(b.parameters)} | {_count(b.macs)} | " + " | ".join(cells) + f" | {memory} |")
     ratios = speed_ratios(benchmarks)
     if ratios:
-        lines += ["", "int8 vs float32, measured side by side in this run (median latency):"]
+        lines += ["", "Integer vs float32, measured side by side in this run (median latency):"]
         lines += [f"- {r['threads']} thread{'s' if r['threads'] > 1 else ''}: {r['int8']} vs {r['float32']}: "
-                  + ratio_sentence(r["ratio"], cpu.get("summary", "unknown")) for r in ratios]
+                  + ratio_sentence(r["ratio"], cpu.get("summary", "unknown"), r["precision"]) for r in ratios]
     notes = []
     over = [t for t in counts if t > cpus]
     if over:

@@ -88,7 +88,7 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
 
 
-def _run(converter: tf.lite.TFLiteConverter, what: str) -> bytes:
+def run_converter(converter: tf.lite.TFLiteConverter, what: str) -> bytes:
     """`converter.convert()`, its C++ chatter (`fully_quantize: 0, inference_type: 6, ...`) hidden unless verbose
     (`env.hidden_native_output`: written out after a crash or an error other than ours)."""
     try:
@@ -107,7 +107,7 @@ def _run(converter: tf.lite.TFLiteConverter, what: str) -> bytes:
 
 def convert_float32(model: keras.Model) -> bytes:
     """The float32 `.tflite` of `model`: the reference that must agree with Keras on every image."""
-    return _run(_converter(model), "float32")
+    return run_converter(_converter(model), "float32")
 
 
 def counted_calibration(representative: RepresentativeDataset, log: Log | None = None) -> RepresentativeDataset:
@@ -181,7 +181,7 @@ def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, i
 
         flatbuffer, _ = fidelity_int8(converter, images, ptq, io_dtype=io_dtype, log=log)
     else:
-        flatbuffer = _run(converter, "full-integer int8")
+        flatbuffer = run_converter(converter, "full-integer int8")
     check_integer_only(flatbuffer, "Full-integer")
     return flatbuffer
 
@@ -206,9 +206,29 @@ def convert_int16x8(model: keras.Model, representative: RepresentativeDataset, *
     converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     converter.inference_input_type = tf.int16
     converter.inference_output_type = tf.int16
-    flatbuffer = _run(converter, "int16x8")
+    flatbuffer = run_converter(converter, "int16x8")
     check_integer_only(flatbuffer, "int16x8")
+    check_prepares(flatbuffer, "int16x8")
     return flatbuffer
+
+
+def check_prepares(flatbuffer: bytes, what: str) -> None:
+    """Raise `ConversionError` when LiteRT's built-in kernels refuse to prepare the model (the int16 kernels check
+    that every requantization multiplier fits: a layer whose output range is tiny next to its input's fails)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflite_pipeline.tflite.interpreter import OP_RESOLVERS
+
+    try:
+        with env.hidden_native_output():
+            Interpreter(model_content=flatbuffer, experimental_op_resolver_type=OP_RESOLVERS["builtin"]
+                        ).allocate_tensors()
+    except (RuntimeError, ValueError) as error:
+        detail = " ".join(str(error).split())
+        raise ConversionError(f"The {what} model converted, but LiteRT cannot prepare it: {detail}. Its int16 "
+                              "requantization does not fit for some layer (often a layer whose activations are "
+                              "nearly constant on the calibration images); use the int8 variant, or calibrate on "
+                              "more varied images.") from None
 
 
 def convert_float16(model: keras.Model) -> bytes:
@@ -216,7 +236,7 @@ def convert_float16(model: keras.Model) -> bytes:
     converter = _converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
-    return _run(converter, "float16")
+    return run_converter(converter, "float16")
 
 
 def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False) -> bytes:
@@ -229,7 +249,7 @@ def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if not per_channel_dense:
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    return _run(converter, "dynamic-range")
+    return run_converter(converter, "dynamic-range")
 
 
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,

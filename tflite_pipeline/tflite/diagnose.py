@@ -277,3 +277,37 @@ def top1_evaluator(folder: ImageFolder, spec: PreprocessSpec, *, batch_size: int
         return correct / len(folder)
 
     return evaluate
+
+
+@dataclass(frozen=True)
+class MeasuredOption:
+    """One way to get an integer model closer to float, measured on the validation split."""
+
+    name: str                  # "[ptq] all techniques", "int16x8", "float fallback", "QAT (qat_int8)", ...
+    variant: str               # the run's variant it was measured as ("" when it was measured but not written)
+    agreement: float           # top-1 agreement with the Keras source
+    top1: float
+    drop: float                # percentage points below the Keras source
+    size_bytes: int
+    convert_seconds: float | None  # extra conversion time it took here (None: made by the run itself)
+    cost: str                  # what it costs at run time or to make
+
+
+@dataclass(frozen=True)
+class OptionRanking:
+    """The options measured for a post-training int8 model that missed the gate, best agreement first."""
+
+    variant: str
+    options: tuple[MeasuredOption, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "options": [asdict(o) for o in self.options]}
+
+    def format_table(self) -> str:
+        lines = ["| rank | option | agreement | top-1 | drop (pts) | size | extra conversion | cost |",
+                 "|---:|---|---:|---:|---:|---:|---:|---|"]
+        for rank, o in enumerate(self.options, 1):
+            seconds = "-" if o.convert_seconds is None else f"{o.convert_seconds:.0f} s"
+            lines.append(f"| {rank} | {o.name} | {o.agreement:.2%} | {o.top1:.2%} | {o.drop:+.2f} | "
+                         f"{o.size_bytes / 1024:.0f} KiB | {seconds} | {o.cost} |")
+        return "\n".join(lines)

@@ -141,10 +141,10 @@ class CalibratedModel:
 
 def calibrated_model(converter: tf.lite.TFLiteConverter, what: str = "int8") -> bytes:
     """The converter's calibration output (float model with recorded ranges), errors as `ConversionError`."""
-    from tflite_pipeline.tflite.convert import _run
+    from tflite_pipeline.tflite.convert import run_converter
 
     converter._experimental_calibrate_only = True
-    return _run(converter, f"{what} calibration")
+    return run_converter(converter, f"{what} calibration")
 
 
 def quantize_calibrated(flatbuffer: bytes, io_dtype: str = "int8") -> bytes:
