@@ -164,7 +164,7 @@ def run_cli(args: list[str], timeout: float = 900) -> subprocess.CompletedProces
 # need it; started first, the long modules do not leave one worker finishing alone at the end.
 SLOWEST_FIRST = ("test_channels", "test_bad_input", "test_user_models", "test_diagnose", "test_stages", "test_cache",
                  "test_pipeline", "test_distribute", "test_interrupt", "test_android", "test_gate", "test_progress",
-                 "test_env", "test_notebook", "test_load", "test_parity", "test_convert")
+                 "test_fidelity", "test_env", "test_notebook", "test_load", "test_parity", "test_convert")
 
 
 def pytest_collection_modifyitems(items) -> None:
