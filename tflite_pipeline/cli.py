@@ -71,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", help="train/convert/verify per a recipe; writes models/<run-name>/")
     p.add_argument("--recipe", default="default", help="bundled recipe name or path to a .toml (default: default)")
     p.add_argument("--data", help="dataset root with train/ validation/ calibration/ (overrides data.root)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.epochs=2 (repeatable)")
+    _add_set_option(p)
     p.add_argument("--cache-dir", help="where finished training stages are kept so a stopped run resumes "
                                        "(default: OUTPUT_DIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="train every stage; neither read nor write the cache")
@@ -92,13 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels.txt giving the class order (default: DIR/labels.txt, else sorted "
                                     "folder names, which must then match the model's training order)")
     p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma-separated, from float32,int8 (default) and float16,dynamic (dynamic-range)")
+                   help="comma-separated, from float32,int8 (default) and float16,dynamic,int16x8 (dynamic-range; "
+                        "int16 activations with int8 weights)")
     p.add_argument("--io-dtype", choices=("int8", "uint8"), default="int8", help="int8 model input/output dtype")
     p.add_argument("--calibration-samples", type=int, default=300, help="representative images (default 300)")
     _add_skip_option(p)
     _add_unsafe_option(p)
     _add_preprocess_options(p)
     _add_gate_options(p)
+    _add_set_option(p, example="--set ptq.ranges=percentile")
     _add_output_options(p)
 
     p = commands.add_parser("verify", help="check .tflite files against a Keras model in LiteRT (CI gate)")
@@ -162,6 +163,11 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                                                                    "TFLite 2.14-2.16 may fail to load the model)")
 
 
+def _add_set_option(p: argparse.ArgumentParser, example: str = "--set train.epochs=2") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=f"override a recipe value, e.g. {example} (repeatable)")
+
+
 def _gate_overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
     if args.max_top1_drop is not None:
@@ -221,7 +227,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return _finish_run(convert(args.model, args.data, variants=tuple(v.strip() for v in args.variants.split(",")
                                                                      if v.strip()),
                                io_dtype=args.io_dtype, calibration_samples=args.calibration_samples,
-                               labels=args.labels, overrides={**_preprocess_overrides(args), **_gate_overrides(args)},
+                               labels=args.labels, overrides={**_preprocess_overrides(args), **_gate_overrides(args),
+                                                              **dict(parse_override(item) for item in args.overrides)},
                                output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
                                safe_mode=not args.unsafe_load, skip_bad_images=args.skip_bad_images))
 

@@ -173,3 +173,12 @@ def test_a_post_training_model_that_misses_the_gate_gets_its_options_measured_an
     assert report.parity.row("int16x8").agreement >= report.parity.row("int8").agreement
     markdown = (result.run_dir / "report.md").read_text()
     assert "## Options measured: `int8` missed the gate" in markdown and "closest to float" in markdown
+
+
+@pytest.mark.fast
+def test_convert_on_the_command_line_takes_ptq_settings_and_the_int16x8_variant():
+    from tflite_pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["convert", "m.keras", "--data", "d", "--variants", "float32,int8,int16x8",
+                                      "--set", "ptq.adaround=true", "--set", "ptq.ranges=percentile"])
+    assert args.overrides == ["ptq.adaround=true", "ptq.ranges=percentile"] and "int16x8" in args.variants
