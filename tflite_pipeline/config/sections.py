@@ -25,6 +25,7 @@ VARIANTS = ("float32", "int8")                      # exported by default
 # on request: float16 weights; int8 weights with float activations; int16 activations with int8 weights
 EXTRA_VARIANTS = ("float16", "dynamic", "int16x8")
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
+CALIBRATED_VARIANTS = ("int8", "int16x8")           # the variants converted with a representative dataset
 MIN_CALIBRATION_SAMPLES = 10                        # fewer images give int8 ranges too noisy to trust
 
 

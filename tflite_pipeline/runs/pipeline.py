@@ -25,7 +25,7 @@ import tf_keras as keras
 
 from tflite_pipeline import env
 from tflite_pipeline.config.recipe import Recipe, load_recipe
-from tflite_pipeline.config.sections import BUNDLED_DATA, MOBILENET_V2, VARIANTS
+from tflite_pipeline.config.sections import BUNDLED_DATA, CALIBRATED_VARIANTS, MOBILENET_V2, VARIANTS
 from tflite_pipeline.data.folders import DatasetSplits, bundled_data_root, open_splits
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.model.build import build_mobilenet_v2
@@ -342,7 +342,7 @@ def convert_verify_publish(trained: Trained, folder: RunFolder, clock: RunClock)
 def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
     """Convert every job (in a child process when `convert.isolate`), write each `.tflite` and measure it."""
     recipe, log = out.context.recipe, out.context.log
-    if any(job.kind in ("int8", "int16x8") for job in out.jobs):
+    if any(job.kind in CALIBRATED_VARIANTS for job in out.jobs):
         out.representative = representative_dataset(out.context.calibration_images(), out.context.spec,
                                                     recipe.convert.calibration_samples)
         if out.representative.num_samples < recipe.convert.calibration_samples:
@@ -357,7 +357,7 @@ def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
             techniques = ", ".join(ptq.techniques()) if ptq is not None and job.kind == "int8" else ""
             log(f"[convert] {job.variant}{where}" + (f" ({out.representative.num_samples} calibration images"
                                                      + (f"; {techniques}" if techniques else "") + ")"
-                                                     if job.kind in ("int8", "int16x8") else ""))
+                                                     if job.kind in CALIBRATED_VARIANTS else ""))
             data = convert(job.source_model(out.baseline), job.kind, representative=out.representative,
                            io_dtype=recipe.convert.io_dtype, ptq=ptq, log=log, label=job.variant)
             file = f"{out.name}_{job.variant}.tflite"

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tflite_pipeline import env, progress
-from tflite_pipeline.config.sections import ALL_VARIANTS, MIN_CALIBRATION_SAMPLES, PTQConfig
+from tflite_pipeline.config.sections import ALL_VARIANTS, CALIBRATED_VARIANTS, MIN_CALIBRATION_SAMPLES, PTQConfig
 from tflite_pipeline.data.folders import ImageFolder
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import ConversionError, DataError, ModelError
@@ -200,12 +200,9 @@ def convert_int16x8(model: keras.Model, representative: RepresentativeDataset, *
     """16-bit activations, 8-bit per-channel weights, int16 input and output: integer-only, closer to float than
     int8, larger activations in memory, and run by LiteRT's built-in kernels (XNNPACK has none for int16)."""
     check_finite_activations(model, representative)
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = counted_calibration(representative, log)
+    converter = int8_converter(model, representative, log=log)  # then 16-bit activations and I/O instead
     converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    converter.inference_input_type = tf.int16
-    converter.inference_output_type = tf.int16
+    converter.inference_input_type = converter.inference_output_type = tf.int16
     flatbuffer = run_converter(converter, "int16x8")
     check_integer_only(flatbuffer, "int16x8")
     check_prepares(flatbuffer, "int16x8")
@@ -282,7 +279,7 @@ def _convert_variant(model: keras.Model, variant: str, *, representative: Repres
         return convert_float16(model)
     if variant == "dynamic":
         return convert_dynamic_range(model)
-    if variant in ("int8", "int16x8"):
+    if variant in CALIBRATED_VARIANTS:
         if representative is None:
             raise ConversionError(f"The {variant} variant needs a representative dataset (calibration images).")
         if variant == "int16x8":
@@ -338,7 +335,7 @@ class IsolatedConverter:
         with tempfile.TemporaryDirectory(prefix="tflite-pipeline-convert-") as folder:
             model_path = save_model_file(model, folder)
             samples_path = None
-            if representative is not None and variant in ("int8", "int16x8"):  # the variants that calibrate
+            if representative is not None and variant in CALIBRATED_VARIANTS:
                 samples_path = str(Path(folder) / "samples.npy")
                 np.save(samples_path, np.concatenate([inputs[0] for inputs in representative()]))
             show_progress = log is None or log is progress.log

@@ -40,6 +40,7 @@ from tflite_pipeline import env, progress
 from tflite_pipeline.config.sections import PTQConfig
 from tflite_pipeline.errors import ConversionError
 from tflite_pipeline.progress import Log
+from tflite_pipeline.tflite.flatbuffer import op_name
 
 HISTOGRAM_BINS = 2048
 ADAROUND_ROWS = 2048          # output positions per layer the rounding is fitted on
@@ -48,7 +49,6 @@ ADAROUND_LEARNING_RATE = 0.05  # Adam, on the soft rounding variables
 ADAROUND_REGULARIZATION = 0.1   # weight of the term that drives each rounding to 0 or 1
 _WEIGHT_LEVELS = 127          # symmetric per-channel int8 weights: [-127, 127]
 _LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-_OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 _IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
@@ -102,8 +102,7 @@ class CalibratedModel:
                               and len(t.quantization.min) == 1]
 
     def op_name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        return op_name(self.model.operatorCodes[op.opcodeIndex])
 
     def _layer(self, op) -> Layer | None:
         kind = self.op_name(op)
@@ -256,15 +255,21 @@ def nearest_integers(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.clip(np.round(weights / scales), -_WEIGHT_LEVELS, _WEIGHT_LEVELS).astype(np.int32)
 
 
+def _window(layer: Layer) -> tuple[str, list[int], list[int]]:
+    """A convolution's TensorFlow padding, NHWC strides and (height, width) dilations from its TFLite options."""
+    o = layer.options
+    padding = "SAME" if o.padding == schema.Padding.SAME else "VALID"
+    return padding, [1, o.strideH, o.strideW, 1], [o.dilationHFactor, o.dilationWFactor]
+
+
 def _patches(layer: Layer, inputs: np.ndarray, kernel_shape: tuple[int, ...]) -> np.ndarray:
     """The layer's input as rows, one per output value: [rows, k] (conv, dense) or [rows, k, channels]."""
     if layer.kind == "FULLY_CONNECTED":
         return inputs.reshape(-1, kernel_shape[-1])
-    o = layer.options
     _, kh, kw, _ = kernel_shape
-    padding = "SAME" if o.padding == schema.Padding.SAME else "VALID"
-    patches = tf.image.extract_patches(inputs, sizes=[1, kh, kw, 1], strides=[1, o.strideH, o.strideW, 1],
-                                       rates=[1, o.dilationHFactor, o.dilationWFactor, 1], padding=padding).numpy()
+    padding, strides, rates = _window(layer)
+    patches = tf.image.extract_patches(inputs, sizes=[1, kh, kw, 1], strides=strides, rates=[1, *rates, 1],
+                                       padding=padding).numpy()
     patches = patches.reshape(-1, patches.shape[-1])
     if layer.kind == "DEPTHWISE_CONV_2D":
         return patches.reshape(len(patches), kh * kw, inputs.shape[-1])
@@ -341,9 +346,7 @@ def output_shift(layer: Layer, delta: np.ndarray, mean_input: np.ndarray) -> np.
     if layer.kind == "FULLY_CONNECTED":
         out = tf.matmul(tf.reshape(x, [-1, delta.shape[-1]]), delta, transpose_b=True)
     else:
-        o = layer.options
-        padding = "SAME" if o.padding == schema.Padding.SAME else "VALID"
-        strides, rates = [1, o.strideH, o.strideW, 1], [o.dilationHFactor, o.dilationWFactor]
+        padding, strides, rates = _window(layer)
         if layer.kind == "CONV_2D":
             out = tf.nn.conv2d(x, np.transpose(delta, (1, 2, 3, 0)), strides, padding, dilations=rates)
         else:
@@ -386,8 +389,7 @@ def quantized_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
     graph = model.subgraphs[0]
     found = {}
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in _LAYER_OPS and len(op.inputs) > 1:
+        if op_name(model.operatorCodes[op.opcodeIndex]) in _LAYER_OPS and len(op.inputs) > 1:
             t = graph.tensors[op.inputs[1]]
             data = model.buffers[t.buffer].data
             if t.type == schema.TensorType.INT8 and data is not None:
