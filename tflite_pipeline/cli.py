@@ -3,7 +3,8 @@
 Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 dependencies,
 4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder,
 11 a model the Android app or a target runtime cannot run, 12 an optional step failed after verification (the
-verified models are kept), 130 / 143 stopped by Ctrl-C / SIGTERM. docs/cli.md has the table.
+verified models are kept), 13 a model over a microcontroller's flash or RAM budget, 130 / 143 stopped by Ctrl-C /
+SIGTERM. docs/cli.md has the table.
 """
 
 from __future__ import annotations
@@ -145,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.add_argument("--json", dest="json_out", help="also write the compatibility verdicts to this JSON file")
 
+    p = commands.add_parser("export-micro", help="C++ sources for TensorFlow Lite for Microcontrollers: the model "
+                                                 "array, op resolver, input constants; arena measured and outputs "
+                                                 "proven in TFLM")
+    p.add_argument("source", metavar="RUN_DIR_OR_TFLITE",
+                   help="a run folder (its int8 models) or one full-integer .tflite")
+    p.add_argument("--output", help="where each model's folder goes (default: RUN_DIR/micro, or micro/ beside the "
+                                    ".tflite)")
+    p.add_argument("--models", nargs="+", metavar="NAME.tflite", help="which of the run's models (default: int8 ones)")
+    add_micro_budget_options(p)
+    p.add_argument("--margin", type=float, default=0.10,
+                   help="added to the measured tensor arena (default 0.10 = 10%%)")
+    p.add_argument("--images", help="image folder DIR/<class>/* (or DIR/validation/<class>/*) to prove TFLM against "
+                                    "LiteRT on (default: the run's validation images)")
+    p.add_argument("--max-images", type=int, help="prove on at most this many of them (default: all)")
+    p.add_argument("--labels", help="labels.txt (default: beside the model, else DIR/labels.txt)")
+    p.add_argument("--preprocessing", help="preprocessing.json (default: beside the model)")
+    p.add_argument("--kernels", choices=KERNELS, help="LiteRT kernels to compare TFLM with (default: the run's "
+                                                      "verify.kernels, else xnnpack)")
+    p.add_argument("--json", dest="json_out", help="also write the micro reports to this JSON file")
+
     p = commands.add_parser("check-runtime", help="load every op and run .tflite files in LiteRT and TFLite 2.14")
     p.add_argument("files", nargs="+", metavar="FILE.tflite")
     _add_runtime_options(p)
@@ -154,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in commands.choices.values():  # --verbose before or after the command (SUPPRESS: keep the first's)
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return parser
+
+
+def add_micro_budget_options(p: argparse.ArgumentParser) -> None:
+    from tflite_pipeline.export.boards import BOARDS
+
+    p.add_argument("--board", choices=sorted(BOARDS),
+                   help="budget of a board: its flash and RAM less what its firmware keeps (docs/micro.md: "
+                        + "; ".join(f"{name} = {board.title}" for name, board in sorted(BOARDS.items())) + ")")
+    p.add_argument("--flash-kb", type=float, help="flash the model may take, KB (overrides the board's)")
+    p.add_argument("--ram-kb", type=float, help="RAM the tensor arena may take, KB (overrides the board's)")
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -291,6 +322,21 @@ def _cmd_export_android(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_micro(args: argparse.Namespace) -> int:
+    from tflite_pipeline.export.micro import export_micro
+    from tflite_pipeline.files import atomic_write_json
+
+    exports = export_micro(args.source, args.output, models=args.models, board=args.board, flash_kb=args.flash_kb,
+                           ram_kb=args.ram_kb, images=args.images, labels=args.labels,
+                           preprocessing=args.preprocessing, max_images=args.max_images, margin=args.margin,
+                           kernels=args.kernels, log=progress.log)
+    for export in exports:
+        print(export.format() + "\n")
+    if args.json_out:
+        atomic_write_json(args.json_out, [export.to_dict() for export in exports])
+    return 0
+
+
 def _cmd_check_runtime(args: argparse.Namespace) -> int:
     from tflite_pipeline.errors import CompatibilityError
     from tflite_pipeline.export.compatibility import check_compatibility, format_compatibility
@@ -315,12 +361,13 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "inspect": _cmd_inspect,
-             "bench": _cmd_bench, "export-android": _cmd_export_android,
+             "bench": _cmd_bench, "export-android": _cmd_export_android, "export-micro": _cmd_export_micro,
              "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
 
 
 _RESUME = {"run": "run the same command again: finished training stages are loaded from the cache",
-           "convert": "run the same command again", "export-android": "run the export again; the app keeps the "
+           "convert": "run the same command again", "export-micro": "run the export again; each model's folder is "
+           "swapped in whole", "export-android": "run the export again; the app keeps the "
            "models of the last complete export"}
 
 

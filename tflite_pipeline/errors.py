@@ -74,6 +74,16 @@ class CompatibilityError(PipelineError):
     exit_code = 11
 
 
+class BudgetError(CompatibilityError):
+    """A model does not fit a microcontroller's flash or RAM budget. Carries the measured numbers (`report`)."""
+
+    exit_code = 13
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class OptionalStepError(PipelineError):
     """An optional step after verification (diagnosis, fallback, latency, MACs, plots) failed on an unexpected
     error. The verified run folder was still published; its report names the step and the error. An optional
