@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="prove on at most this many of them (default: all)")
     p.add_argument("--labels", help="labels.txt (default: beside the model, else DIR/labels.txt)")
     p.add_argument("--preprocessing", help="preprocessing.json (default: beside the model)")
-    p.add_argument("--kernels", choices=KERNELS, help="LiteRT kernels to compare TFLM with (default: the run's "
-                                                      "verify.kernels, else xnnpack)")
+    p.add_argument("--kernels", choices=KERNELS, default="reference",
+                   help="LiteRT kernels to compare TFLM with (default: reference, the arithmetic of TFLM's kernels)")
     p.add_argument("--json", dest="json_out", help="also write the micro reports to this JSON file")
 
     p = commands.add_parser("check-runtime", help="load every op and run .tflite files in LiteRT and TFLite 2.14")

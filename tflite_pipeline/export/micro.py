@@ -4,7 +4,9 @@ with its flash and tensor-arena RAM measured in TFLM's own interpreter and its o
     model ─► checks: full-integer, one image input and one score output, every op has a TFLM kernel (`tflm_ops`)
           ─► TFLM, in a child process (`micro_probe.py`): the arena its recording allocator measures; then the
              model run with the arena the export writes (measured + margin) on the validation images
-          ─► parity: TFLM's outputs vs LiteRT's (the kernels the run was verified with) on the same input bytes
+          ─► parity: TFLM's outputs vs LiteRT's on the same input bytes (LiteRT's reference kernels by default, the
+             arithmetic TFLM's kernels implement: measured on the demo model, identical outputs; XNNPACK rounds
+             differently and disagrees on ~1.5% of images)
           ─► budget: model bytes (flash) and arena (RAM) against a board preset or explicit limits
           ─► OUT/<model>/  model_data.cc/.h, model_ops.h, model_settings.h, labels.h, sample_image.h,
                            <model>.ino + classify.cc/.h (the demo sketch), micro_report.json
@@ -172,7 +174,7 @@ class MicroParity:
 
 
 def micro_parity(model: str | Path, folder: ImageFolder, spec: PreprocessSpec, arena_bytes: int, *,
-                 kernels: str = "xnnpack", log: Callable[[str], None] = print) -> tuple[MicroParity, TFLMRun,
+                 kernels: str = "reference", log: Callable[[str], None] = print) -> tuple[MicroParity, TFLMRun,
                                                                                        np.ndarray]:
     """Run the model in TFLM with `arena_bytes` and in LiteRT on every image of `folder`; returns the comparison,
     the TFLM run and TFLM's scores. Raises `CompatibilityError` when TFLM cannot run it in that arena."""
@@ -206,6 +208,7 @@ class MicroExport:
     folder: str
     files: tuple[str, ...]
     runtime: str
+    input_dtype: str
     flash_bytes: int
     arena_measured: int
     arena_bytes: int
@@ -236,11 +239,13 @@ class MicroExport:
         flash_limit = limit(self.budget.flash_bytes if self.budget else None, room["flash"])
         ram_limit = limit(self.budget.ram_bytes if self.budget else None, room["ram"])
         keras = f"{self.keras_top1:.2%}" if self.keras_top1 is not None else "n/a"
+        dtype = "int16x8" if self.input_dtype == "int16" else "int8"
         return "\n".join([
             f"{Path(self.model).name} -> {self.folder}  ({self.runtime}; budget: "
             f"{self.budget.name if self.budget else 'none'})",
-            "| top-1 float Keras | top-1 int8 LiteRT | top-1 int8 TFLM | agreement TFLM vs LiteRT | max output diff "
-            "| images | flash (model) | arena measured | arena exported (margin) | flash budget | RAM budget |",
+            f"| top-1 float Keras | top-1 {dtype} LiteRT | top-1 {dtype} TFLM | agreement TFLM vs LiteRT "
+            "| max output diff | images | flash (model) | arena measured | arena exported (margin) | flash budget "
+            "| RAM budget |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {keras} | {p.litert_top1:.2%} | {p.tflm_top1:.2%} | {p.agreement:.2%} | {p.max_output_diff:.4g} "
             f"({p.max_output_steps} steps) | {p.images} | {self.flash_bytes:,} B | {self.arena_measured:,} B | "
@@ -263,7 +268,7 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
                  board: str | None = None, flash_kb: float | None = None, ram_kb: float | None = None,
                  images: str | Path | None = None, labels: str | Path | None = None,
                  preprocessing: str | Path | None = None, max_images: int | None = None,
-                 margin: float = DEFAULT_MARGIN, kernels: str | None = None,
+                 margin: float = DEFAULT_MARGIN, kernels: str = "reference",
                  log: Callable[[str], None] = print) -> tuple[MicroExport, ...]:
     """Export a run folder's int8 models (or one `.tflite`) for TFLM into `output_dir/<model>/` (default:
     `<run folder or the file's folder>/micro`). A model beside no run folder needs `images` and `preprocessing`.
@@ -275,7 +280,6 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
     budget = micro_budget(board, flash_kb, ram_kb)
     found = _open_source(Path(source), models, images, labels, preprocessing, max_images)
     out_root = Path(output_dir) if output_dir is not None else _default_output(Path(source))
-    kernels = kernels or _recorded_kernels(found.report)
     infos = {path: inspect_tflite(path) for path in found.models}
     problems = {path.name: micro_problems(info, len(found.labels)) for path, info in infos.items()}
     if any(problems.values()):
@@ -300,7 +304,8 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
     for path, info, measured, arena, parity, run, scores in planned:
         folder = out_root / path.stem
         export = MicroExport(model=str(path), folder=str(folder), files=(), runtime=run.runtime,
-                             flash_bytes=info.size_bytes, arena_measured=measured, arena_bytes=arena, margin=margin,
+                             input_dtype=info.inputs[0].dtype, flash_bytes=info.size_bytes, arena_measured=measured,
+                             arena_bytes=arena, margin=margin,
                              ops=_op_names(info), parity=parity, budget=budget,
                              keras_top1=_keras_top1(found.report, images))
         files = _write_folder(folder, export, path, info, found, scores)
@@ -328,13 +333,6 @@ def _read_report(folder: Path) -> Mapping[str, Any]:
     except (OSError, ValueError):
         return {}
     return report if isinstance(report, dict) else {}
-
-
-def _recorded_kernels(report: Mapping[str, Any]) -> str:
-    try:
-        return str(report["recipe"]["verify"]["kernels"])
-    except (KeyError, TypeError):
-        return "xnnpack"
 
 
 def _keras_top1(report: Mapping[str, Any], images: str | Path | None) -> float | None:
