@@ -45,7 +45,6 @@ MICRO_FORMAT = "tflite_pipeline.micro_report/1"
 DEFAULT_MARGIN = 0.10
 _PROBE_SCRIPT = Path(__file__).with_name("micro_probe.py")
 _SKETCH_DIR = Path(__file__).with_name("sketch")   # the demo sketch, copied into every export
-_MEASURE_ARENA = 64 * 1024 * 1024   # the measuring run's arena: far above any microcontroller's RAM
 _INTEGER_IO = ("int8", "uint8", "int16")
 
 
@@ -76,12 +75,13 @@ class TFLMRun:
         return any("Failed to resize buffer" in line or "Failed to allocate" in line for line in self.log)
 
 
-def run_in_tflm(model: str | Path, arena_bytes: int, inputs: np.ndarray | None = None) -> TFLMRun:
-    """Run `model` in TFLM's interpreter (`tflite-micro`, a child process) with a tensor arena of `arena_bytes`,
-    on raw input tensors `inputs` `[N, 1, H, W, C]` (none: allocate only). Raises `DependencyError` when the
-    package is missing; a model TFLM refuses comes back with `allocated=False` and TFLM's words."""
+def run_in_tflm(model: str | Path, arena_bytes: int | str, inputs: np.ndarray | None = None) -> TFLMRun:
+    """Run `model` in TFLM's interpreter (`tflite-micro`, a child process) with a tensor arena of `arena_bytes`
+    (`"minimum"`: the smallest that allocates, to 16 bytes), on raw input tensors `inputs` `[N, 1, H, W, C]`
+    (none: allocate only). Raises `DependencyError` when the
+    package is missing; a model TFLM refuses (or crashes on) comes back with `allocated=False` and TFLM's words."""
     with tempfile.TemporaryDirectory(prefix="tflite-micro-") as work:
-        request = {"model": str(Path(model).resolve()), "arena_bytes": int(arena_bytes), "inputs": None,
+        request = {"model": str(Path(model).resolve()), "arena_bytes": arena_bytes, "inputs": None,
                    "outputs": str(Path(work) / "outputs.npy")}
         if inputs is not None:
             request["inputs"] = str(Path(work) / "inputs.npy")
@@ -91,29 +91,32 @@ def run_in_tflm(model: str | Path, arena_bytes: int, inputs: np.ndarray | None =
                                   capture_output=True, text=True, timeout=3600, check=False, cwd=work)
         except (OSError, subprocess.TimeoutExpired) as error:
             raise DependencyError(f"Cannot run TFLM's interpreter: {error}.") from None
-        if done.returncode != 0 or not done.stdout.strip():
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            hint = (" Install it with `pip install tflite-micro` (`make setup` does)."
-                    if "No module named 'tflite_micro'" in done.stderr else "")
-            raise DependencyError(f"TFLM's interpreter stopped (exit {done.returncode}):\n{tail}\n{hint}".rstrip())
-        answer = json.loads(done.stdout)
         log = tuple(line for line in done.stderr.splitlines() if line.strip())
+        if "No module named 'tflite_micro'" in done.stderr:
+            raise DependencyError("TFLM's interpreter is not installed: `pip install tflite-micro` (`make setup` "
+                                  "does).")
+        if done.returncode != 0 or not done.stdout.strip():  # TFLM crashed: some arenas too small end that way
+            return TFLMRun("tflite-micro", arena_bytes if isinstance(arena_bytes, int) else 0, False,
+                           f"TFLM's process ended with exit code {done.returncode}", None, None, log)
+        answer = json.loads(done.stdout)
         used = re.search(r"Arena allocation total (\d+) bytes", done.stderr)
         outputs = np.load(request["outputs"]) if answer["ran"] else None
-    return TFLMRun(answer["runtime"], int(arena_bytes), bool(answer["allocated"]) and not answer["error"],
-                   answer["error"], int(used.group(1)) if used else None, outputs, log)
+    size = answer["arena_bytes"]
+    return TFLMRun(answer["runtime"], size if isinstance(size, int) else 0,
+                   bool(answer["allocated"]) and not answer["error"], answer["error"],
+                   int(used.group(1)) if used else None, outputs, log)
 
 
-def measure_arena(model: str | Path) -> tuple[int, str]:
-    """The tensor arena TFLM's recording allocator counts for `model` (one inference on a zero input), and the
-    runtime's name. Raises `CompatibilityError` naming the op when TFLM cannot allocate or run it."""
-    info = inspect_tflite(model)
-    tensor = info.inputs[0]
-    zero = np.zeros([1, *[max(d, 1) for d in tensor.shape]], NUMPY_DTYPES[tensor.dtype])
-    run = run_in_tflm(model, _MEASURE_ARENA, zero)
-    if not run.allocated or run.arena_used is None:
+def measure_arena(model: str | Path) -> TFLMRun:
+    """The smallest tensor arena in which TFLM allocates and runs `model` (one inference on a zero input; its
+    `arena_bytes`), with the recording allocator's count of what stays in use (`arena_used`). Raises
+    `CompatibilityError` naming the op when TFLM cannot allocate or run the model."""
+    tensor = inspect_tflite(model).inputs[0]
+    zero = np.zeros([1, 1, *[max(d, 1) for d in tensor.shape[1:]]], NUMPY_DTYPES[tensor.dtype])
+    run = run_in_tflm(model, "minimum", zero)
+    if not run.allocated or run.arena_used is None or run.outputs is None:
         raise CompatibilityError(_refusal(Path(model).name, run))
-    return run.arena_used, run.runtime
+    return run
 
 
 def _refusal(name: str, run: TFLMRun) -> str:
@@ -210,8 +213,9 @@ class MicroExport:
     runtime: str
     input_dtype: str
     flash_bytes: int
-    arena_measured: int
-    arena_bytes: int
+    arena_measured: int          # the smallest arena TFLM allocates and runs the model in (to 16 bytes)
+    arena_in_use: int            # the recording allocator's total once allocated (planning scratch given back)
+    arena_bytes: int             # exported: measured + margin
     margin: float
     ops: tuple[str, ...]
     parity: MicroParity
@@ -244,8 +248,8 @@ class MicroExport:
             f"{Path(self.model).name} -> {self.folder}  ({self.runtime}; budget: "
             f"{self.budget.name if self.budget else 'none'})",
             f"| top-1 float Keras | top-1 {dtype} LiteRT | top-1 {dtype} TFLM | agreement TFLM vs LiteRT "
-            "| max output diff | images | flash (model) | arena measured | arena exported (margin) | flash budget "
-            "| RAM budget |",
+            "| max output diff | images | flash (model) | smallest arena (TFLM) | arena exported (margin) "
+            "| flash budget | RAM budget |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {keras} | {p.litert_top1:.2%} | {p.tflm_top1:.2%} | {p.agreement:.2%} | {p.max_output_diff:.4g} "
             f"({p.max_output_steps} steps) | {p.images} | {self.flash_bytes:,} B | {self.arena_measured:,} B | "
@@ -287,10 +291,12 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
             f"{name} {', '.join(p)}" for name, p in problems.items() if p) + ".")
     planned = []
     for path, info in infos.items():
-        measured, runtime = measure_arena(path)
+        measurement = measure_arena(path)
+        measured, runtime = measurement.arena_bytes, measurement.runtime
         arena = arena_with_margin(measured, margin)
-        log(f"[micro] {path.name}: {info.size_bytes:,} bytes of flash, arena {measured:,} bytes measured in TFLM "
-            f"-> {arena:,} with a {margin:.0%} margin")
+        log(f"[micro] {path.name}: {info.size_bytes:,} bytes of flash; the smallest arena TFLM runs it in is "
+            f"{measured:,} bytes ({measurement.arena_used:,} in use after planning) -> {arena:,} with a {margin:.0%} "
+            "margin")
         misses = budget.problems(info.size_bytes, arena) if budget is not None else []
         if misses:
             raise BudgetError(f"{path.name} does not fit {budget.name} ({budget.note}): {'; '.join(misses)}. "
@@ -299,12 +305,13 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
                               {"model": str(path), "flash_bytes": info.size_bytes, "arena_measured": measured,
                                "arena_bytes": arena, "budget": asdict(budget)})
         parity, run, scores = micro_parity(path, found.images, found.spec, arena, kernels=kernels, log=log)
-        planned.append((path, info, measured, arena, parity, run, scores))
+        planned.append((path, info, measurement, arena, parity, run, scores))
     exports = []
-    for path, info, measured, arena, parity, run, scores in planned:
+    for path, info, measurement, arena, parity, run, scores in planned:
         folder = out_root / path.stem
         export = MicroExport(model=str(path), folder=str(folder), files=(), runtime=run.runtime,
-                             input_dtype=info.inputs[0].dtype, flash_bytes=info.size_bytes, arena_measured=measured,
+                             input_dtype=info.inputs[0].dtype, flash_bytes=info.size_bytes,
+                             arena_measured=measurement.arena_bytes, arena_in_use=measurement.arena_used,
                              arena_bytes=arena, margin=margin,
                              ops=_op_names(info), parity=parity, budget=budget,
                              keras_top1=_keras_top1(found.report, images))

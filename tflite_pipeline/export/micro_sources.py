@@ -59,10 +59,10 @@ def model_data_h(model: bytes, source: str, arena_bytes: int, measured_bytes: in
             "// The names the demo sketch uses.\n"
             f"constexpr const unsigned char* kModelData = {symbol};\n"
             f"constexpr unsigned int kModelDataSize = {len(model)};\n\n"
-            f"// Tensor arena: {measured_bytes:,} bytes measured by TFLM's recording allocator on the host (64-bit "
-            "pointers: a 32-bit board needs a little less),\n"
-            f"// plus a {margin:.0%} margin, rounded up to {ALIGNMENT} bytes. The model was run in TFLM with exactly "
-            "this size.\n"
+            f"// Tensor arena: {measured_bytes:,} bytes, the smallest TFLM allocated and ran the model in on the host "
+            "(64-bit pointers:\n// a 32-bit board needs a little less), "
+            f"plus a {margin:.0%} margin, rounded up to {ALIGNMENT} bytes. The parity check ran the model in TFLM "
+            "with exactly\n// this size.\n"
             f"constexpr unsigned int kTensorArenaSize = {arena_bytes};\n\n#endif  // {guard}\n")
 
 
