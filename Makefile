@@ -1,9 +1,10 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
 #   make demo   set up, train + convert + verify on the bundled dataset -> models/demo/, export to android_demo/
 #   make test   set up and run the test suite (what CI runs); make test-fast: the tests that build no model
-# Setup makes three things: .venv (the package), .venv-tflite2.14 (an older TFLite runtime that exported models
-# must load in; it needs numpy 1.x, hence its own venv) and, through apt when missing, the Kotlin 1.3 compiler,
-# JUnit 4 and Android's org.json that run the app's pure-Kotlin logic on the JVM.
+# Setup makes these: .venv (the package, with tflite-micro: TFLM's interpreter for export-micro), .venv-tflite2.14
+# (an older TFLite runtime that exported models must load in; it needs numpy 1.x, hence its own venv) and, through
+# apt when missing, the Kotlin 1.3 compiler, JUnit 4 and Android's org.json that run the app's pure-Kotlin logic on
+# the JVM, and the ARM cross compiler that checks the microcontroller export builds for a Cortex-M.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ LEGACY := .venv-tflite2.14
 LEGACY_STAMP := $(LEGACY)/.installed
 JVM_JARS := /usr/share/java/junit4.jar /usr/share/java/hamcrest-core.jar /usr/share/java/json-android.jar
 
-.PHONY: setup legacy-runtime jvm-tools demo lint test test-fast test-slow clean
+.PHONY: setup legacy-runtime jvm-tools arm-toolchain demo lint test test-fast test-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,14 @@ jvm-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin junit4 libandroid-json-org-java >/dev/null; \
 	else echo "warning: install Debian's kotlin, junit4 and libandroid-json-org-java to run the app's Kotlin tests"; fi
 
-setup: $(STAMP) legacy-runtime jvm-tools
+arm-toolchain:
+	@if command -v arm-none-eabi-g++ >/dev/null && test -f /usr/lib/arm-none-eabi/include/stdint.h; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-none-eabi \
+	    libnewlib-arm-none-eabi >/dev/null; \
+	else echo "warning: install Debian's gcc-arm-none-eabi and libnewlib-arm-none-eabi to cross-compile the micro export"; fi
+
+setup: $(STAMP) legacy-runtime jvm-tools arm-toolchain
 
 demo: setup
 	$(BIN)/tflite-pipeline run --recipe default --run-name demo --overwrite

@@ -39,43 +39,44 @@ def exported(tiny_run, tmp_path_factory):
     return export
 
 
-def _model(export) -> bytes:
-    return Path(export.model).read_bytes()
+@pytest.fixture(scope="module")
+def model_file(tiny_run) -> Path:
+    return tiny_run.run_dir / "mobilenet_v2_int8.tflite"
 
 
-def test_model_array_holds_the_flatbuffer_byte_for_byte_16_byte_aligned(exported):
+def test_model_array_holds_the_flatbuffer_byte_for_byte_16_byte_aligned(exported, model_file):
     folder = Path(exported.folder)
     source = (folder / "model_data.cc").read_text()
     symbol = c_identifier("mobilenet_v2_int8")
     match = re.search(rf"alignas\(16\) const unsigned char {symbol}\[\] = \{{(.*?)\}};", source, re.S)
     assert match, source[:400]
     array = bytes(int(value, 16) for value in re.findall(r"0x([0-9a-f]{2})", match.group(1)))
-    assert array == _model(exported)
+    assert array == model_file.read_bytes()
     assert f"const unsigned int {symbol}_len = {len(array)};" in source
     header = (folder / "model_data.h").read_text()
     assert f"kModelDataSize = {len(array)};" in header
     assert f"kTensorArenaSize = {exported.arena_bytes};" in header
 
 
-def test_op_resolver_registers_exactly_the_models_operator_codes(exported):
+def test_op_resolver_registers_exactly_the_models_operator_codes(exported, model_file):
     header = (Path(exported.folder) / "model_ops.h").read_text()
     calls = re.findall(r"resolver\.(Add\w+)\(\)", header)
     by_method = {method: op for op, method in RESOLVER_METHODS.items()}
-    _, model = read_flatbuffer(_model(exported))
+    _, model = read_flatbuffer(model_file.read_bytes())
     assert sorted(by_method[call] for call in calls) == sorted({op_name(code) for code in model.operatorCodes})
     assert "MicroMutableOpResolver<kNumModelOps>" in header
     assert f"kNumModelOps = {len(calls)};" in header
 
 
-def test_measured_arena_runs_the_model_and_much_less_does_not(exported):
+def test_measured_arena_runs_the_model_and_much_less_does_not(exported, model_file):
     assert 0 < exported.arena_measured <= exported.arena_bytes
-    tensor = inspect_tflite(exported.model).inputs[0]
+    tensor = inspect_tflite(model_file).inputs[0]
     inputs = np.random.default_rng(0).integers(-128, 128, (3, 1, *tensor.shape[1:]), dtype=np.int8)
-    enough = run_in_tflm(exported.model, exported.arena_measured, inputs)
+    enough = run_in_tflm(model_file, exported.arena_measured, inputs)
     assert enough.allocated and enough.outputs.shape[0] == 3
     assert enough.arena_used == exported.arena_in_use < exported.arena_measured  # planning scratch is given back
     for smaller in (exported.arena_measured - 16, int(exported.arena_measured * 0.9)):
-        assert not run_in_tflm(exported.model, smaller, inputs).allocated, smaller
+        assert not run_in_tflm(model_file, smaller, inputs).allocated, smaller
 
 
 def test_tflm_gives_litert_reference_kernels_outputs(exported):
@@ -85,10 +86,10 @@ def test_tflm_gives_litert_reference_kernels_outputs(exported):
     assert parity.tflm_top1 == parity.litert_top1
 
 
-def test_input_table_and_sample_image_are_what_the_parity_check_fed(exported, tiny_run):
+def test_input_table_and_sample_image_are_what_the_parity_check_fed(exported, model_file, tiny_run):
     folder = Path(exported.folder)
     spec = PreprocessSpec.read_json(tiny_run.run_dir / "preprocessing.json")
-    tensor = inspect_tflite(exported.model).inputs[0]
+    tensor = inspect_tflite(model_file).inputs[0]
     table = pixel_table(spec, tensor)
     settings = (folder / "model_settings.h").read_text()
     body = settings[settings.index("kPixelToInput[kInputChannels][256] = {"):]
@@ -100,17 +101,17 @@ def test_input_table_and_sample_image_are_what_the_parity_check_fed(exported, ti
     direct = quantize(spec.normalize(pixels), tensor.scale, tensor.zero_point, np.int8)
     np.testing.assert_array_equal(through_table, direct)
     expected = int(re.search(r"kSampleExpected = (\d+);", sample).group(1))
-    outputs = run_in_tflm(exported.model, exported.arena_bytes, direct[None, None]).outputs
+    outputs = run_in_tflm(model_file, exported.arena_bytes, direct[None, None]).outputs
     assert int(outputs.reshape(-1).argmax()) == expected
 
 
-def test_export_folder_is_a_sketch_with_a_report(exported):
+def test_export_folder_is_a_sketch_with_a_report(exported, model_file):
     folder = Path(exported.folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(exported.files) == sorted([
         "model_data.cc", "model_data.h", "model_ops.h", "model_settings.h", "labels.h", "sample_image.h",
         "classify.cc", "classify.h", f"{folder.name}.ino", "micro_report.json"])
     report = json.loads((folder / "micro_report.json").read_text())
-    assert report["flash_bytes"] == len(_model(exported)) and report["arena_bytes"] == exported.arena_bytes
+    assert report["flash_bytes"] == len(model_file.read_bytes()) and report["arena_bytes"] == exported.arena_bytes
     assert report["budget"]["name"] == "nano33ble" and 0 < report["headroom"]["ram"] < 1
 
 
@@ -171,7 +172,7 @@ def _require(tool: str) -> str:
     return found
 
 
-def test_model_array_cross_compiles_to_aligned_read_only_data_of_the_model_size(exported, tmp_path):
+def test_model_array_cross_compiles_to_aligned_read_only_data_of_the_model_size(exported, model_file, tmp_path):
     compiler, size = _require("arm-none-eabi-g++"), _require("arm-none-eabi-size")
     folder, obj = Path(exported.folder), tmp_path / "model_data.o"
     subprocess.run([compiler, "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-std=c++11",
@@ -180,7 +181,7 @@ def test_model_array_cross_compiles_to_aligned_read_only_data_of_the_model_size(
     sections = dict(re.findall(r"^(\S+)\s+(\d+)\s+\d+$", subprocess.run(
         [size, "-A", str(obj)], check=True, capture_output=True, text=True).stdout, re.M))
     symbol = c_identifier("mobilenet_v2_int8")
-    assert int(sections[f".rodata.{symbol}"]) == len(_model(exported))
+    assert int(sections[f".rodata.{symbol}"]) == len(model_file.read_bytes())
     headers = subprocess.run([compiler.replace("g++", "objdump"), "-h", str(obj)], check=True, capture_output=True,
                              text=True).stdout
     assert re.search(rf"\.rodata\.{symbol}\s.*\s2\*\*4\n", headers), headers

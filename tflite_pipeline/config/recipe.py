@@ -23,6 +23,7 @@ from tflite_pipeline.config.sections import (
     DiagnoseConfig,
     DistillConfig,
     DistributeConfig,
+    MicroConfig,
     ModelConfig,
     PreprocessConfig,
     PruneConfig,
@@ -37,7 +38,7 @@ from tflite_pipeline.errors import RecipeError
 SECTIONS: dict[str, type[Section]] = {  # TOML table name -> its dataclass, in recipe order
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, DistributeConfig,
                                  ChannelsConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig, ConvertConfig,
-                                 PTQConfig, VerifyConfig, DiagnoseConfig, BenchConfig)
+                                 PTQConfig, VerifyConfig, DiagnoseConfig, BenchConfig, MicroConfig)
 }
 
 
@@ -62,6 +63,7 @@ class Recipe:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    micro: MicroConfig = field(default_factory=MicroConfig)
 
     def __post_init__(self) -> None:
         if self.prune.enabled and self.cluster.enabled:

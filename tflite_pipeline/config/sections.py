@@ -469,6 +469,37 @@ class DiagnoseConfig(Section):
 
 
 @dataclass(frozen=True)
+class MicroConfig(Section):
+    """After verification, export every int8 model for TensorFlow Lite for Microcontrollers into `micro/<model>/`
+    (what `tflite-pipeline export-micro` does): C++ sources, the smallest tensor arena measured in TFLM, TFLM vs
+    LiteRT on the validation images, and the flash and RAM budget checked (a miss is a failed optional step, exit
+    13; the verified models are kept)."""
+
+    section: ClassVar[str] = "micro"
+    enabled: bool = False
+    board: str = ""             # a preset: nano33ble, esp32s3, stm32h743 ("" for none); docs/micro.md
+    flash_kb: float = 0.0       # flash the model may take, KB (0: the board's, or no limit)
+    ram_kb: float = 0.0         # RAM the tensor arena may take, KB (0: the board's, or no limit)
+    margin: float = 0.10        # added to the measured arena
+    max_images: int = 0         # validation images TFLM runs (0: all)
+
+    def __post_init__(self) -> None:
+        from tflite_pipeline.export.boards import BOARDS
+
+        _require(self.board in ("", *BOARDS), self.section, "board", self.board, f"one of {sorted(BOARDS)} or ''")
+        _require(self.flash_kb >= 0, self.section, "flash_kb", self.flash_kb, "a size in KB >= 0 (0: the board's)")
+        _require(self.ram_kb >= 0, self.section, "ram_kb", self.ram_kb, "a size in KB >= 0 (0: the board's)")
+        _require(0 <= self.margin <= 1, self.section, "margin", self.margin, "a fraction in [0, 1]")
+        _require(self.max_images >= 0, self.section, "max_images", self.max_images, "an integer >= 0 (0: all)")
+
+    def budget(self):
+        """The `MicroBudget` these settings give (None: no limit)."""
+        from tflite_pipeline.export.boards import micro_budget
+
+        return micro_budget(self.board or None, self.flash_kb or None, self.ram_kb or None)
+
+
+@dataclass(frozen=True)
 class BenchConfig(Section):
     """Latency of every exported `.tflite` in the run report (LiteRT, batch 1, median of `runs` invokes)."""
 

@@ -207,11 +207,10 @@ def micro_parity(model: str | Path, folder: ImageFolder, spec: PreprocessSpec, a
 class MicroExport:
     """One model's microcontroller export: where it went, what it needs (flash, arena) and what was proven."""
 
-    model: str
-    folder: str
+    model: str                   # the .tflite's file name
+    folder: str                  # where its files went
     files: tuple[str, ...]
     runtime: str
-    input_dtype: str
     flash_bytes: int
     arena_measured: int          # the smallest arena TFLM allocates and runs the model in (to 16 bytes)
     arena_in_use: int            # the recording allocator's total once allocated (planning scratch given back)
@@ -234,38 +233,49 @@ class MicroExport:
         out.update(format=MICRO_FORMAT, headroom=self.headroom())
         return out
 
-    def format(self) -> str:
+    def table_row(self) -> str:
+        """This model's row of `format_micro_table`."""
         p, room = self.parity, self.headroom()
 
         def limit(value: int | None, left: float | None) -> str:
             return "no limit" if value is None else f"{value / 1024:,.0f} KB ({left:.0%} left)"
 
-        flash_limit = limit(self.budget.flash_bytes if self.budget else None, room["flash"])
-        ram_limit = limit(self.budget.ram_bytes if self.budget else None, room["ram"])
         keras = f"{self.keras_top1:.2%}" if self.keras_top1 is not None else "n/a"
-        dtype = "int16x8" if self.input_dtype == "int16" else "int8"
-        return "\n".join([
-            f"{Path(self.model).name} -> {self.folder}  ({self.runtime}; budget: "
-            f"{self.budget.name if self.budget else 'none'})",
-            f"| top-1 float Keras | top-1 {dtype} LiteRT | top-1 {dtype} TFLM | agreement TFLM vs LiteRT "
-            "| max output diff | images | flash (model) | smallest arena (TFLM) | arena exported (margin) "
-            "| flash budget | RAM budget |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {keras} | {p.litert_top1:.2%} | {p.tflm_top1:.2%} | {p.agreement:.2%} | {p.max_output_diff:.4g} "
-            f"({p.max_output_steps} steps) | {p.images} | {self.flash_bytes:,} B | {self.arena_measured:,} B | "
-            f"{self.arena_bytes:,} B (+{self.margin:.0%}) | {flash_limit} | {ram_limit} |",
-            f"ops ({len(self.ops)}): {', '.join(self.ops)}"])
+        return (f"| `{Path(self.model).name}` | {keras} | {p.litert_top1:.2%} | {p.tflm_top1:.2%} | "
+                f"{p.agreement:.2%} | {p.max_output_diff:.4g} ({p.max_output_steps} steps) | {p.images} | "
+                f"{self.flash_bytes:,} B | {self.arena_measured:,} B | {self.arena_bytes:,} B (+{self.margin:.0%}) | "
+                f"{self.budget.name if self.budget else 'none'} | "
+                f"{limit(self.budget.flash_bytes if self.budget else None, room['flash'])} | "
+                f"{limit(self.budget.ram_bytes if self.budget else None, room['ram'])} |")
+
+    def format(self) -> str:
+        """The table, where the files went, and the ops the resolver registers."""
+        return "\n".join([format_micro_table([self]), f"written to {self.folder} ({self.runtime})",
+                          f"ops ({len(self.ops)}): {', '.join(self.ops)}"])
+
+
+def format_micro_table(exports: Sequence[MicroExport]) -> str:
+    """A Markdown table, one row per exported model: top-1 (float Keras, LiteRT, TFLM), TFLM vs LiteRT, flash,
+    arena and the budget."""
+    kernels = exports[0].parity.litert_kernels if exports else "reference"
+    return "\n".join([
+        "| model | top-1 float Keras | top-1 LiteRT | top-1 TFLM | agreement TFLM vs LiteRT "
+        f"({kernels}) | max output diff | images | flash (model) | smallest arena (TFLM) | arena exported (margin) "
+        "| budget | flash budget | RAM budget |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        *(export.table_row() for export in exports)])
 
 
 @dataclass(frozen=True)
-class _Source:
-    """Where a model's labels, preprocessing and validation images come from (its run folder, or options)."""
+class MicroSource:
+    """The models to export and what proving them needs: labels, preprocessing, the images to run, and the float
+    Keras top-1 on those images when known (for the report)."""
 
     models: tuple[Path, ...]
     labels: tuple[str, ...]
     spec: PreprocessSpec
     images: ImageFolder
-    report: Mapping[str, Any]
+    keras_top1: float | None = None
 
 
 def export_micro(source: str | Path, output_dir: str | Path | None = None, *, models: Sequence[str] | None = None,
@@ -279,11 +289,18 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
 
     Raises `CompatibilityError` (nothing written) for a model TFLM cannot run, `BudgetError` with the measured
     flash and arena when one does not fit the budget, `DataError` for missing labels, images or preprocessing."""
+    budget = micro_budget(board, flash_kb, ram_kb)
+    found = open_micro_source(Path(source), models, images, labels, preprocessing, max_images)
+    out_root = Path(output_dir) if output_dir is not None else _default_output(Path(source))
+    return export_models(found, out_root, budget=budget, margin=margin, kernels=kernels, log=log)
+
+
+def export_models(found: MicroSource, out_root: Path, *, budget: MicroBudget | None, margin: float = DEFAULT_MARGIN,
+                  kernels: str = "reference", log: Callable[[str], None] = print) -> tuple[MicroExport, ...]:
+    """`export_micro` once the models, labels, preprocessing and images are known (a run calls it on its staged
+    folder). Checks every model and measures and proves each before writing any."""
     if not 0 <= margin <= 1:
         raise RecipeError(f"Received margin={margin}; expected a fraction in [0, 1] (0.10 = 10%).")
-    budget = micro_budget(board, flash_kb, ram_kb)
-    found = _open_source(Path(source), models, images, labels, preprocessing, max_images)
-    out_root = Path(output_dir) if output_dir is not None else _default_output(Path(source))
     infos = {path: inspect_tflite(path) for path in found.models}
     problems = {path.name: micro_problems(info, len(found.labels)) for path, info in infos.items()}
     if any(problems.values()):
@@ -309,16 +326,16 @@ def export_micro(source: str | Path, output_dir: str | Path | None = None, *, mo
     exports = []
     for path, info, measurement, arena, parity, run, scores in planned:
         folder = out_root / path.stem
-        export = MicroExport(model=str(path), folder=str(folder), files=(), runtime=run.runtime,
-                             input_dtype=info.inputs[0].dtype, flash_bytes=info.size_bytes,
+        export = MicroExport(model=path.name, folder=str(folder), files=(), runtime=run.runtime,
+                             flash_bytes=info.size_bytes,
                              arena_measured=measurement.arena_bytes, arena_in_use=measurement.arena_used,
                              arena_bytes=arena, margin=margin,
                              ops=_op_names(info), parity=parity, budget=budget,
-                             keras_top1=_keras_top1(found.report, images))
+                             keras_top1=found.keras_top1)
         files = _write_folder(folder, export, path, info, found, scores)
         exports.append(_with_files(export, files))
-        log(f"[micro] wrote {folder} ({len(files)} files); TFLM vs LiteRT agreement {parity.agreement:.2%} on "
-            f"{parity.images} images")
+        log(f"[micro] wrote {out_root.name}/{folder.name} ({len(files)} files); TFLM vs LiteRT agreement "
+            f"{parity.agreement:.2%} on {parity.images} images")
     return tuple(exports)
 
 
@@ -342,17 +359,18 @@ def _read_report(folder: Path) -> Mapping[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def _keras_top1(report: Mapping[str, Any], images: str | Path | None) -> float | None:
-    if images is not None:
-        return None  # other images than the run measured
+def _keras_top1(report: Mapping[str, Any]) -> float | None:
     try:
         return float(report["parity"]["keras_top1"])
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _open_source(source: Path, names: Sequence[str] | None, images: str | Path | None,
-                 labels: str | Path | None, preprocessing: str | Path | None, max_images: int | None) -> _Source:
+def open_micro_source(source: Path, names: Sequence[str] | None = None, images: str | Path | None = None,
+                      labels: str | Path | None = None, preprocessing: str | Path | None = None,
+                      max_images: int | None = None) -> MicroSource:
+    """A run folder's int8 models (or `names` of its models), or one `.tflite`, with the labels, preprocessing and
+    validation images beside them or given. Raises `DataError` for what is missing."""
     if not source.exists():
         raise DataError(f"Received {str(source)!r}, which does not exist; pass a run folder or a .tflite file.")
     folder = source if source.is_dir() else source.parent
@@ -390,7 +408,8 @@ def _open_source(source: Path, names: Sequence[str] | None, images: str | Path |
         if max_images < 1:
             raise DataError(f"Received max_images={max_images}; expected at least 1 image.")
         image_folder = image_folder.subset(max_images)
-    return _Source(tuple(chosen), tuple(class_names), spec, image_folder, report)
+    return MicroSource(tuple(chosen), tuple(class_names), spec, image_folder,
+                       _keras_top1(report) if images is None and max_images is None else None)
 
 
 def _validation_images(folder: Path, report: Mapping[str, Any], images: str | Path | None,
@@ -405,7 +424,7 @@ def _validation_images(folder: Path, report: Mapping[str, Any], images: str | Pa
                         "report.json); pass --images DIR (one sub-folder of images per class).") from None
 
 
-def _write_folder(folder: Path, export: MicroExport, model_path: Path, info: TFLiteInfo, found: _Source,
+def _write_folder(folder: Path, export: MicroExport, model_path: Path, info: TFLiteInfo, found: MicroSource,
                   scores: np.ndarray) -> list[str]:
     """Stage every file in a hidden sibling folder, then swap it in for `folder` (an earlier export is replaced
     whole, never mixed)."""
@@ -429,8 +448,8 @@ def _write_folder(folder: Path, export: MicroExport, model_path: Path, info: TFL
             atomic_write_text(staging / filename, text)
         for filename, template in sketch.items():
             atomic_write_bytes(staging / filename, template.read_bytes())
-        atomic_write_json(staging / "micro_report.json", _with_files(
-            export, sorted([*texts, *sketch, "micro_report.json"])).to_dict())
+        atomic_write_json(staging / "micro_report.json", replace(  # the folder it sits in is the export's
+            export, folder=".", files=tuple(sorted([*texts, *sketch, "micro_report.json"]))).to_dict())
         retired = folder.with_name(f".{folder.name}-old")
         if folder.exists():
             shutil.rmtree(retired, ignore_errors=True)
@@ -443,7 +462,7 @@ def _write_folder(folder: Path, export: MicroExport, model_path: Path, info: TFL
     return sorted(p.name for p in folder.iterdir())
 
 
-def _sample(found: _Source, scores: np.ndarray) -> tuple[np.ndarray, int, int, str]:
+def _sample(found: MicroSource, scores: np.ndarray) -> tuple[np.ndarray, int, int, str]:
     """The first validation image TFLM classified right (else the first): pixels, label, TFLM's class, name."""
     labels = np.asarray(found.images.labels)
     right = np.flatnonzero(scores.argmax(1) == labels)

@@ -1,4 +1,5 @@
-"""The steps after verification that a run can do without: diagnosis with the float fallback, and latency.
+"""The steps after verification that a run can do without: diagnosis with the float fallback, latency, and the
+microcontroller export.
 
 Each is an `OptionalStep` in `OPTIONAL_STEPS`; the orchestrator runs the ones the recipe wants, in order, on the
 run's `RunOutputs`. A step that fails is recorded by `OptionalSteps` (typed errors keep their exit code, anything
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import tf_keras as keras
 
@@ -202,8 +204,28 @@ def latency(model: bytes, recipe: Recipe) -> LatencyResult:
     return measure_latency(model, threads=b.threads, runs=b.runs, warmup=b.warmup, kernels=recipe.verify.kernels)
 
 
+# --- microcontroller export -------------------------------------------------------------------------------------
+
+def export_for_microcontrollers(out: RunOutputs, optional: OptionalSteps) -> None:
+    """Every full-integer int8 model of the run as TFLM sources in `micro/<model>/` (`[micro]`), measured in TFLM
+    and proven against LiteRT on the validation images; a model over the budget fails the step (`BudgetError`)."""
+    from tflite_pipeline.export.micro import MicroSource, export_models
+
+    context, settings = out.context, out.context.recipe.micro
+    paths = tuple(out.folder.path(a.file) for a in out.artifacts
+                  if a.info.is_full_integer and a.info.inputs[0].dtype in ("int8", "uint8"))
+    validation = context.splits.validation
+    images = validation.subset(settings.max_images) if settings.max_images else validation
+    source = MicroSource(paths, tuple(context.splits.class_names), context.spec, images,
+                         out.parity.keras_top1 if images is validation else None)
+    exports = optional.run("micro", export_models, source, out.folder.path("micro"), budget=settings.budget(),
+                           margin=settings.margin, log=context.log)
+    out.micro.extend(replace(e, folder=f"micro/{Path(e.folder).name}") for e in exports or ())
+
+
 OPTIONAL_STEPS: tuple[OptionalStep, ...] = (
     OptionalStep("diagnose", lambda recipe: recipe.diagnose.mode != "off",
                  diagnose_post_training_models),
     OptionalStep("latency", lambda recipe: recipe.bench.enabled, measure_latencies),
+    OptionalStep("micro", lambda recipe: recipe.micro.enabled, export_for_microcontrollers),
 )

@@ -58,4 +58,5 @@ class RunOutputs:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     fallbacks: list[FallbackResult] = field(default_factory=list)
     rankings: list[OptionRanking] = field(default_factory=list)    # options measured for a failed int8 model
+    micro: list = field(default_factory=list)                      # export.micro.MicroExport per int8 model
     warnings: list[str] = field(default_factory=list)

@@ -398,7 +398,7 @@ def build_report(trained: Trained, out: RunOutputs, optional: OptionalSteps, clo
         stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params()), macs=baseline_macs),
                 *(s.record for s in trained.stages if s.record)),
         channels=channels, warnings=tuple(out.warnings), diagnoses=tuple(out.diagnoses),
-        fallbacks=tuple(out.fallbacks), rankings=tuple(out.rankings), machine=cpu_description(),
+        fallbacks=tuple(out.fallbacks), rankings=tuple(out.rankings), micro=tuple(out.micro), machine=cpu_description(),
         reused_stages=trained.reused)
 
 

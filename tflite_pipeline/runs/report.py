@@ -75,6 +75,7 @@ class RunReport:
     diagnoses: tuple[Diagnosis, ...] = ()
     fallbacks: tuple[FallbackResult, ...] = ()
     rankings: tuple[OptionRanking, ...] = ()                # options measured for an int8 model that failed
+    micro: tuple[Any, ...] = ()                             # export.micro.MicroExport per model ([micro])
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
     reused_stages: tuple[str, ...] = ()                     # training stages loaded from the stage cache
@@ -92,6 +93,7 @@ class RunReport:
             "stages": [asdict(stage) for stage in self.stages],
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "option_rankings": [r.to_dict() for r in self.rankings],
+            "micro": [m.to_dict() for m in self.micro],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
             "channels": self.channels, "reused_stages": list(self.reused_stages),
@@ -166,6 +168,19 @@ class RunReport:
         if strict.latency and fallback.latency:
             text += f", latency {fallback.latency.median_ms / strict.latency.median_ms:.2f}x (same run, same threads)"
         return text + "."
+
+    def _micro_markdown(self) -> list[str]:
+        from tflite_pipeline.export.micro import format_micro_table
+
+        first = self.micro[0]
+        lines = ["", "## Microcontroller (TensorFlow Lite Micro)", "",
+                 f"Each int8 model as C++ sources for TFLM (`{first.folder}/` and its siblings: model array, op "
+                 "resolver, input table, labels, demo sketch). The arena is the smallest TFLM allocated and ran the "
+                 f"model in ({first.runtime}, on this machine), plus the margin; TFLM and LiteRT ran the same input "
+                 "bytes of the validation images.", "", format_micro_table(self.micro), ""]
+        lines += [f"- `{m.model}`: ops {', '.join(m.ops)}" + (f"; budget {m.budget.note}" if m.budget else "")
+                  for m in self.micro]
+        return lines
 
     def _channels_markdown(self) -> list[str]:
         c = self.channels
@@ -325,6 +340,8 @@ class RunReport:
                 cost = self._fallback_cost(fallback.variant)
                 if cost:
                     lines += ["", cost]
+        if self.micro:
+            lines += self._micro_markdown()
         if self.figures_available:
             lines += ["", "## Plots", ""] + [f"![{title}]({file})" for file, title in self.figure_titles().items()]
         lines += ["", "## Preprocessing", "", f"`{self.preprocessing['formula']}` on "
