@@ -8,7 +8,7 @@
 The top level holds the verbs, the results they return and the errors. Everything else lives in sub-packages
 that follow the data flow: `config` (recipes) -> `data` (image folders, preprocessing) -> `model` (build, load,
 train) -> `optimize` (the stages) -> `tflite` (convert, read, verify, diagnose, bench) -> `runs` (orchestration,
-cache, run folder, report) -> `export` (Android). See docs/python-api.md.
+cache, run folder, report) -> `export` (Android, microcontrollers). See docs/python-api.md.
 
 Importing this package sets TF_USE_LEGACY_KERAS=1 (see `env`) and is cheap: the names below are loaded on
 first use, so `tflite-pipeline inspect` never imports TensorFlow.
@@ -22,6 +22,7 @@ from typing import Any
 from tflite_pipeline import env  # noqa: F401  (must run before anything imports TensorFlow)
 from tflite_pipeline.errors import (
     CompatibilityError,
+    BudgetError,
     ConversionError,
     DataError,
     DependencyError,
@@ -41,17 +42,18 @@ _LAZY = {
     # verbs
     "run": "runs.pipeline", "convert": "runs.pipeline", "verify": "runs.verify", "load_recipe": "config.recipe",
     "inspect_tflite": "tflite.flatbuffer", "bench_models": "tflite.bench", "export_android": "export.android",
+    "export_micro": "export.micro",
     # what they return
     "Recipe": "config.recipe", "RunResult": "runs.pipeline", "RunReport": "runs.report",
     "ParityReport": "tflite.parity", "TFLiteInfo": "tflite.flatbuffer", "ModelBenchmark": "tflite.bench",
-    "AndroidExport": "export.android",
+    "AndroidExport": "export.android", "MicroExport": "export.micro",
 }
 _SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export")
 
 __all__ = [  # noqa: PLE0604 - verbs, results, errors (in that order)
     *_LAZY,
     "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
-    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "OptionalStepError", "Interrupted",
+    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "BudgetError", "OptionalStepError", "Interrupted",
 ]
 
 
