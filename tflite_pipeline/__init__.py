@@ -21,8 +21,8 @@ from typing import Any
 
 from tflite_pipeline import env  # noqa: F401  (must run before anything imports TensorFlow)
 from tflite_pipeline.errors import (
-    CompatibilityError,
     BudgetError,
+    CompatibilityError,
     ConversionError,
     DataError,
     DependencyError,
@@ -53,7 +53,8 @@ _SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export
 __all__ = [  # noqa: PLE0604 - verbs, results, errors (in that order)
     *_LAZY,
     "PipelineError", "DependencyError", "RecipeError", "DataError", "ModelError", "ConversionError",
-    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "BudgetError", "OptionalStepError", "Interrupted",
+    "TFLiteFileError", "ParityError", "OutputError", "CompatibilityError", "BudgetError", "OptionalStepError",
+    "Interrupted",
 ]
 
 

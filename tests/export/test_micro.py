@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_small_cnn
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.data.preprocess import PreprocessSpec
@@ -227,3 +228,31 @@ def test_gray_input_table_maps_each_gray_value():
     spec = PreprocessSpec(8, 8, channels=1, normalization="zero_to_one")
     table = pixel_table(spec, TensorInfo("input", (1, 8, 8, 1), "int8", 1 / 255, -128))
     assert table.shape == (1, 256) and table[0].tolist() == list(range(-128, 128))
+
+
+@pytest.mark.parametrize("ram_kb, exit_code", [(0, 0), (1, 13)], ids=["fits", "over-budget"])
+def test_a_run_with_micro_exports_its_int8_model_and_a_budget_miss_keeps_the_verified_run(ram_kb, exit_code,
+                                                                                           tiny_data, tmp_path):
+    model = save_small_cnn(tmp_path / "cnn.keras")
+    code = main(["convert", str(model), "--data", str(tiny_data), "--calibration-samples", "20",
+                 "--output-dir", str(tmp_path / "out"), "--max-top1-drop", "100", "--min-agreement", "0",
+                 "--set", "micro.enabled=true", "--set", "micro.board=nano33ble", "--set", f"micro.ram_kb={ram_kb}",
+                 "--set", "micro.max_images=10"])
+    assert code == exit_code
+    run_dir = tmp_path / "out" / "cnn"
+    report = json.loads((run_dir / "report.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())["outputs"]
+    assert (run_dir / "cnn_int8.tflite").is_file() and main(["verify", str(run_dir), "--max-top1-drop", "100",
+                                                            "--min-agreement", "0"]) == 0
+    if exit_code:
+        assert [(f["step"], f["exit_code"]) for f in report["failed_steps"]] == [("micro", 13)]
+        assert "over the 1 KB of RAM" in report["failed_steps"][0]["message"]
+        assert report["micro"] == [] and not (run_dir / "micro").exists()
+    else:
+        (micro,) = report["micro"]
+        assert micro["folder"] == "micro/cnn_int8" and micro["parity"]["agreement"] == 1.0
+        assert micro["arena_bytes"] <= micro["budget"]["ram_bytes"]
+        assert json.loads((run_dir / "micro" / "cnn_int8" / "micro_report.json").read_text())["model"] == \
+            "cnn_int8.tflite"
+        assert "micro/cnn_int8/model_data.cc" in manifest
+        assert "## Microcontroller (TensorFlow Lite Micro)" in (run_dir / "report.md").read_text()
