@@ -23,6 +23,7 @@ from tflite_pipeline.config.sections import (
     DiagnoseConfig,
     DistillConfig,
     DistributeConfig,
+    LowRankConfig,
     MicroConfig,
     ModelConfig,
     PreprocessConfig,
@@ -37,8 +38,8 @@ from tflite_pipeline.errors import RecipeError
 
 SECTIONS: dict[str, type[Section]] = {  # TOML table name -> its dataclass, in recipe order
     cls.section: cls for cls in (ModelConfig, DataConfig, PreprocessConfig, TrainConfig, DistributeConfig,
-                                 ChannelsConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig, ConvertConfig,
-                                 PTQConfig, VerifyConfig, DiagnoseConfig, BenchConfig, MicroConfig)
+                                 ChannelsConfig, LowRankConfig, PruneConfig, ClusterConfig, QATConfig, DistillConfig,
+                                 ConvertConfig, PTQConfig, VerifyConfig, DiagnoseConfig, BenchConfig, MicroConfig)
 }
 
 
@@ -54,6 +55,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    lowrank: LowRankConfig = field(default_factory=LowRankConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     qat: QATConfig = field(default_factory=QATConfig)
@@ -74,10 +76,10 @@ class Recipe:
                               f"{self.prune.target_sparsity}`; 2:4 sparsity is exactly 0.5, set target_sparsity = 0.5.")
         if not self.convert.variants and not self.optimizes:
             raise RecipeError("Received `convert.variants=[]` with no fine-tune stage: nothing would be exported. "
-                              "List float32 and/or int8, or enable [channels], [prune], [cluster] or [qat].")
+                              "List float32 and/or int8, or enable [channels], [lowrank], [prune], [cluster] or [qat].")
         if self.distill.enabled and not self.optimizes:
             raise RecipeError("Received `distill.enabled=true` without a fine-tune stage to distill into; enable "
-                              "[channels], [prune], [cluster] or [qat].")
+                              "[channels], [lowrank], [prune], [cluster] or [qat].")
 
     @property
     def optimizes(self) -> bool:

@@ -281,6 +281,35 @@ def _check_layers(section: str, layer_types: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class LowRankConfig(Section):
+    """Low-rank factorization: each selected 1x1 Conv2D or Dense layer becomes two thinner ones from a truncated
+    SVD of its kernel, then the model is fine-tuned (distilled when [distill] is on). A layer is factored only
+    when its rank is below the break-even C_in*C_out/(C_in+C_out); the report lists the others and why.
+    """
+
+    section: ClassVar[str] = "lowrank"
+    fine_tune: ClassVar[bool] = True
+    enabled: bool = False
+    energy: float = 0.9             # per layer: the smallest rank keeping this fraction of sum(s^2)
+    mac_budget: float = 0.0         # keep at most this fraction of the MACs (energy solved for); 0 = use `energy`
+    multiple: int = 8               # ranks are rounded up to multiples of this (SIMD width)
+    epochs: int = 6
+    learning_rate: float = 1e-3
+    layers: tuple[str, ...] = ()
+    layer_types: tuple[str, ...] = PRUNABLE_TYPES
+    exclude: tuple[str, ...] = ()   # the classifier (as wide as the output) is always left whole
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.energy <= 1.0, self.section, "energy", self.energy, "a fraction in (0, 1]")
+        _require(0.0 <= self.mac_budget < 1.0, self.section, "mac_budget", self.mac_budget,
+                 "a fraction of the MACs to keep in (0, 1), or 0 to use `energy`")
+        _require(self.multiple >= 1, self.section, "multiple", self.multiple, "an integer >= 1")
+        _require(self.epochs >= 1, self.section, "epochs", self.epochs, "an integer >= 1")
+        _require(0.0 < self.learning_rate < 1.0, self.section, "learning_rate", self.learning_rate, "a value in (0, 1)")
+        _check_layers(self.section, self.layer_types)
+
+
+@dataclass(frozen=True)
 class PruneConfig(Section):
     """Magnitude pruning fine-tune (tfmot `prune_low_magnitude`), then `strip_pruning`.
 

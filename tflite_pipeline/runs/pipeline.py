@@ -384,7 +384,10 @@ def build_report(trained: Trained, out: RunOutputs, optional: OptionalSteps, clo
     context, model, rebuild = trained.context, trained.baseline, trained.prepared.rebuild
     splits, spec, parity = context.splits, context.spec, out.parity
     baseline_macs = optional.run("MACs", model_macs, model)
-    channels = next((s.extras["channels"] for s in trained.stages if s.extras and "channels" in s.extras), None)
+
+    def stage_extra(key: str) -> dict | None:
+        return next((s.extras[key] for s in trained.stages if s.extras and key in s.extras), None)
+
     return RunReport(
         run_name=out.folder.final.name, recipe=context.recipe.to_dict(), versions=env.run_versions(),
         data={"root": str(splits.root), "classes": len(splits.class_names), **splits.counts(),
@@ -397,8 +400,9 @@ def build_report(trained: Trained, out: RunOutputs, optional: OptionalSteps, clo
         preprocessing=spec.to_dict(), artifacts=tuple(out.artifacts), parity=parity, seconds=clock.total(),
         stages=(StageRecord("baseline", parity.keras_top1, int(model.count_params()), macs=baseline_macs),
                 *(s.record for s in trained.stages if s.record)),
-        channels=channels, warnings=tuple(out.warnings), diagnoses=tuple(out.diagnoses),
-        fallbacks=tuple(out.fallbacks), rankings=tuple(out.rankings), micro=tuple(out.micro), machine=cpu_description(),
+        channels=stage_extra("channels"), lowrank=stage_extra("lowrank"), warnings=tuple(out.warnings),
+        diagnoses=tuple(out.diagnoses), fallbacks=tuple(out.fallbacks), rankings=tuple(out.rankings),
+        micro=tuple(out.micro), machine=cpu_description(),
         reused_stages=trained.reused)
 
 

@@ -78,6 +78,7 @@ class RunReport:
     micro: tuple[Any, ...] = ()                             # export.micro.MicroExport per model ([micro])
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
+    lowrank: dict[str, Any] | None = None                   # lowrank.RankPlan.to_dict() of a factored run
     reused_stages: tuple[str, ...] = ()                     # training stages loaded from the stage cache
     failed_steps: tuple[StepFailure, ...] = ()              # optional steps that failed (the models are verified)
     figures_written: tuple[str, ...] | None = None          # plot files in the run folder (None: all it has)
@@ -96,7 +97,7 @@ class RunReport:
             "micro": [m.to_dict() for m in self.micro],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
-            "channels": self.channels, "reused_stages": list(self.reused_stages),
+            "channels": self.channels, "lowrank": self.lowrank, "reused_stages": list(self.reused_stages),
             "failed_steps": [asdict(f) for f in self.failed_steps], "next_steps": self.next_steps(),
         }
 
@@ -206,6 +207,15 @@ class RunReport:
             lines += [f"- {', '.join(layers)}: {reason}" for reason, layers in by_reason.items()]
         return [*lines, ""]
 
+    def _lowrank_markdown(self) -> list[str]:
+        from tflite_pipeline.optimize.lowrank import RankPlan
+
+        plan = RankPlan.from_dict(self.lowrank)
+        return ["## Low-rank factorization", "", f"{len(plan.ranks)} of {len(plan.layers)} candidate layers factored "
+                f"at {plan.energy:.1%} retained energy: MACs per image {plan.macs_before:,} -> {plan.macs_after:,} "
+                f"({plan.macs_after / plan.macs_before:.1%}). A rank r pays only below C_in*C_out/(C_in+C_out); "
+                "the layers where it cannot are left whole.", "", plan.format_table(), ""]
+
     def _last_int8(self) -> str | None:
         names = [a.variant for a in self.artifacts if a.variant.endswith("_int8") and a.variant != "int8"]
         return names[-1] if names else None
@@ -304,6 +314,8 @@ class RunReport:
             lines.append("")
         if self.channels:
             lines += self._channels_markdown()
+        if self.lowrank:
+            lines += self._lowrank_markdown()
         lines += ["## Files", "", "| variant | file | size | gzip | latency median / p90 | weight sparsity (all / "
                   "pruned layers) | full-integer | input | output |", "|---|---|---:|---:|---:|---:|---|---|---|"]
         for a in self.artifacts:
