@@ -21,7 +21,7 @@ tflm=$(cd "$tflm" && pwd) || die "no TFLM tree at $tflm"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 for f in model_data.cc model_data.h model_ops.h model_settings.h labels.h sample_image.h classify.h classify.cc; do
-  [[ -f $export_dir/$f ]] || die "$export_dir/$f is missing: is it a folder written by tflite-pipeline export-micro?"
+  [[ -f $export_dir/$f ]] || die "$export_dir/$f is missing: pass one model's folder of export-micro (OUTPUT/<model>)"
 done
 
 # Third-party code, where TFLM's Makefile looks for it (it downloads what is missing; this script stays offline).

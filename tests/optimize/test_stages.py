@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from conftest import REFERENCE_MODEL
 
 import tflite_pipeline as tp
 from tflite_pipeline.config.sections import ClusterConfig, DistillConfig, PruneConfig
@@ -38,6 +39,26 @@ def test_pqat_int8_flatbuffer_keeps_the_target_sparsity_on_pruned_layers(pqat_ru
     assert all(abs(s - 0.8) <= 0.02 for s in sparsity.values()), sparsity
     assert "stem" not in sparsity and "classes" in sparsity  # recipe: stem only
     assert artifact["gzip_bytes"] < 0.6 * artifact["size_bytes"]  # zeros compress
+
+
+def test_pcqat_int8_flatbuffer_keeps_both_the_zeros_and_the_clusters(tiny_recipe, tmp_path):
+    """prune 80% -> cluster (8 values, zeros kept) -> PCQAT -> int8: the deep-compression stack."""
+    recipe = tp.load_recipe("default").with_overrides({
+        "data.root": tiny_recipe.data.root, "model.source": str(REFERENCE_MODEL), "model.name": "tiny",
+        "train.epochs": 0, "train.batch_size": 16, "prune.enabled": True, "prune.epochs": 2,
+        "prune.exclude": SMALL_EXCLUDE, "cluster.enabled": True, "cluster.clusters": 8, "cluster.epochs": 1,
+        "cluster.exclude": SMALL_EXCLUDE, "qat.enabled": True, "qat.epochs": 1, "convert.variants": [],
+        "convert.calibration_samples": 30, "verify.max_top1_drop": 100.0, "verify.min_agreement": 0.0})
+    result = tp.run(recipe, output_dir=tmp_path, run_name="pcqat", log=lambda _: None)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["baseline", "pruned", "clustered", "pcqat"]
+    assert all(abs(s["sparsity"] - 0.8) <= 0.02 for s in report["stages"][1:]), report["stages"]
+    (artifact,) = report["artifacts"]
+    assert artifact["variant"] == "pcqat_int8" and artifact["info"]["is_full_integer"]
+    assert all(abs(s - 0.8) <= 0.02 for s in artifact["layer_sparsity"].values()), artifact["layer_sparsity"]
+    clustered = {w["name"]: w for w in artifact["info"]["weights"] if w["sparsity"] > 0.5}
+    assert len(clustered) == len(report["stages"][2]["layers"])
+    assert all(w["max_unique"] <= 8 + 1 for w in clustered.values()), clustered  # 8 clusters and the zero
 
 
 def test_stage_report_shows_every_stage_side_by_side(pqat_run):
@@ -178,7 +199,8 @@ def test_a_teacher_that_outputs_logits_hands_probabilities_to_the_loss():
     ({"prune.enabled": True, "prune.layers": ["^nope$"]}, tp.RecipeError, r"`prune.layers` pattern '\^nope\$'"),
     ({"cluster.enabled": True, "cluster.clusters": 256}, tp.RecipeError,
      r"`cluster.clusters=256` but layer '.*' has only \d+ weights"),
-    ({"prune.enabled": True, "cluster.enabled": True}, tp.RecipeError, r"choose one"),
+    ({"prune.enabled": True, "cluster.enabled": True, "cluster.preserve_sparsity": False}, tp.RecipeError,
+     r"fill the pruned zeros back in"),
     ({"prune.enabled": True, "prune.target_sparsity": 1.0}, tp.RecipeError, r"prune.target_sparsity=1.0"),
     ({"prune.enabled": True, "prune.layer_types": ["DepthwiseConv2D"]}, tp.RecipeError, r"depthwise"),
     ({"prune.enabled": True, "prune.structure": "2:4"}, tp.RecipeError, r"2:4 sparsity is exactly 0.5"),

@@ -68,9 +68,10 @@ class Recipe:
     micro: MicroConfig = field(default_factory=MicroConfig)
 
     def __post_init__(self) -> None:
-        if self.prune.enabled and self.cluster.enabled:
-            raise RecipeError("Received `prune.enabled=true` with `cluster.enabled=true`; choose one: tfmot has no "
-                              "scheme that preserves both through QAT in this pipeline.")
+        if self.prune.enabled and self.cluster.enabled and not self.cluster.preserve_sparsity:
+            raise RecipeError("Received `prune.enabled=true` and `cluster.enabled=true` with "
+                              "`cluster.preserve_sparsity=false`: clustering would fill the pruned zeros back in; "
+                              "set `cluster.preserve_sparsity = true` (prune -> cluster -> PCQAT).")
         if self.prune.enabled and self.prune.structure == "2:4" and self.prune.target_sparsity != 0.5:
             raise RecipeError(f"Received `prune.structure='2:4'` with `prune.target_sparsity="
                               f"{self.prune.target_sparsity}`; 2:4 sparsity is exactly 0.5, set target_sparsity = 0.5.")

@@ -354,6 +354,7 @@ class ClusterConfig(Section):
     fine_tune: ClassVar[bool] = True
     enabled: bool = False
     clusters: int = 16
+    preserve_sparsity: bool = True  # zero weights (from [prune], or already in the model) stay zero: prune -> cluster
     epochs: int = 3
     learning_rate: float = 1e-4
     layers: tuple[str, ...] = ()

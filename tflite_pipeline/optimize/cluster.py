@@ -13,6 +13,7 @@ from tflite_pipeline.errors import RecipeError
 from tflite_pipeline.model.files import copy_model
 from tflite_pipeline.model.rebuild import flat_model
 from tflite_pipeline.optimize.layers import select_layers
+from tflite_pipeline.optimize.prune import kernel_sparsity
 from tflite_pipeline.optimize.stage import FineTuneStage, StageContext, StageOutput, StageRecord, macs_before
 
 _clustering = tfmot.clustering.keras
@@ -38,7 +39,7 @@ def cluster_weights(model: keras.Model, config: ClusterConfig) -> tuple[keras.Mo
     """
     model = flat_model(model)
     names = check_clustering(model, config)
-    params = {"number_of_clusters": config.clusters,
+    params = {"number_of_clusters": config.clusters, "preserve_sparsity": config.preserve_sparsity,
               "cluster_centroids_init": _clustering.CentroidInitialization.KMEANS_PLUS_PLUS}
 
     base = copy_model(model)  # tfmot wraps the layer objects themselves: never the caller's
@@ -74,6 +75,8 @@ class Cluster(FineTuneStage):
         wrapped, layers = cluster_weights(model, c)
         context.log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
         clustered = strip_clustering(context.tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
+        sparsity = kernel_sparsity(clustered, layers)
+        kept = {"sparsity": sum(sparsity.values()) / len(sparsity)} if previous and previous.sparsity else {}
         record = context.record(self.stage_label, clustered, macs=macs_before(previous, model), layers=tuple(layers),
-                                clusters=max(unique_weights(clustered, layers).values()))
+                                clusters=max(unique_weights(clustered, layers).values()), **kept)
         return self.output(context.recipe, clustered, record)

@@ -209,12 +209,17 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches: Iterable[np.nda
     return len(ranges)
 
 
-_QAT_LABELS = {"default": "qat", "prune_preserve": "pqat", "cluster_preserve": "cqat"}
-
-
 def qat_scheme(recipe: Recipe) -> str:
-    """tfmot's QAT scheme after the recipe's earlier stages: prune- or cluster-preserving, else the default."""
-    return "prune_preserve" if recipe.prune.enabled else "cluster_preserve" if recipe.cluster.enabled else "default"
+    """tfmot's QAT scheme after the recipe's earlier stages: cluster-preserving after clustering (it keeps the
+    zeros too: PCQAT after prune -> cluster), prune-preserving after pruning alone, else the default."""
+    return "cluster_preserve" if recipe.cluster.enabled else "prune_preserve" if recipe.prune.enabled else "default"
+
+
+def qat_label(recipe: Recipe) -> str:
+    """The QAT stage's name: qat, pqat, cqat, or pcqat (pruned, then clustered with the zeros kept)."""
+    if recipe.cluster.enabled:
+        return "pcqat" if recipe.prune.enabled else "cqat"
+    return "pqat" if recipe.prune.enabled else "qat"
 
 
 class QuantizeAware(FineTuneStage):
@@ -225,7 +230,7 @@ class QuantizeAware(FineTuneStage):
     is_qat = True
 
     def label(self, recipe: Recipe) -> str:
-        return _QAT_LABELS[qat_scheme(recipe)]
+        return qat_label(recipe)
 
     def settings(self, recipe: Recipe) -> list[object]:
         distill = recipe.distill.to_dict() if recipe.distill.enabled else None
