@@ -18,6 +18,6 @@ int main() {
     return 1;
   }
   std::printf("top class: %d %s (score %.3f); expected %d %s; label %d %s\n", result.label, kLabels[result.label],
-              result.score, kSampleExpected, kLabels[kSampleExpected], kSampleLabel, kLabels[kSampleLabel]);
+              static_cast<double>(result.score), kSampleExpected, kLabels[kSampleExpected], kSampleLabel, kLabels[kSampleLabel]);
   return result.label == kSampleExpected ? 0 : 2;
 }

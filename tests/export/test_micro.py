@@ -166,7 +166,7 @@ def test_float_model_is_refused_naming_its_float_ops(tiny_run, tmp_path):
 def _require(tool: str) -> str:
     found = shutil.which(tool)
     if not found:
-        message = f"{tool} is missing; `make setup` installs Debian's gcc-arm-none-eabi"
+        message = f"{tool} is missing; `make setup` installs Debian's gcc-arm-none-eabi (and g++ comes with Debian)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -210,10 +210,18 @@ def test_bad_budget_settings_are_named(kwargs, message):
 
 
 @pytest.mark.fast
-def test_generated_names_and_strings_are_valid_c():
+def test_generated_names_and_labels_are_valid_c_that_prints_the_labels_back(tmp_path):
     assert c_identifier("demo-v2.int8 (1)") == "g_demo_v2_int8_1_model_data"
-    assert '"say \\"hi\\"",' in labels_h(['say "hi"', "b"], "m.tflite")
     assert arena_with_margin(1000, 0.10) == 1104 and arena_with_margin(1600, 0.0) == 1600
+    labels = ['say "hi"', "back\\slash", "trigraph??=", "café", "shoe 👟", "靴"]
+    (tmp_path / "labels.h").write_text(labels_h(labels, "m.tflite"), encoding="ascii")
+    (tmp_path / "main.cc").write_text('#include <cstdio>\n#include "labels.h"\n'
+                                      'int main() { for (auto l : kLabels) std::printf("%s\\n", l); }\n')
+    compiler = _require("g++")
+    subprocess.run([compiler, "-std=c++11", "-Wall", "-Werror", "-trigraphs", str(tmp_path / "main.cc"), "-o",
+                    str(tmp_path / "labels")], check=True, capture_output=True)
+    printed = subprocess.run([str(tmp_path / "labels")], check=True, capture_output=True).stdout.decode("utf-8")
+    assert printed.splitlines() == labels
 
 
 @pytest.mark.fast

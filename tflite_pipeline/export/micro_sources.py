@@ -8,7 +8,6 @@ table is `quantize(normalize(pixel))`, so a board quantizes its camera pixels ex
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,9 +111,20 @@ def model_settings_h(spec: PreprocessSpec, tensor_in: TensorInfo, tensor_out: Te
             f"constexpr int kOutputZeroPoint = {tensor_out.zero_point};\n\n#endif  // {guard}\n")
 
 
+def c_string(text: str) -> str:
+    """`text` as a C string literal: printable ASCII as it is, everything else as octal UTF-8 bytes (valid in any
+    C/C++ standard and source charset; JSON's \\u escapes of characters beyond the BMP are not)."""
+    def escaped(char: str) -> str:
+        if 32 <= ord(char) < 127 and char not in '"\\?':
+            return char
+        return "".join(f"\\{byte:03o}" for byte in char.encode("utf-8"))
+
+    return '"' + "".join(escaped(char) for char in text) + '"'
+
+
 def labels_h(labels: Sequence[str], source: str) -> str:
     guard = _guard("labels.h")
-    names = ",\n".join(f"  {json.dumps(label, ensure_ascii=True)}" for label in labels)  # a valid C string literal
+    names = ",\n".join(f"  {c_string(label)}" for label in labels)
     return (_banner("labels.h", source) + f"#ifndef {guard}\n#define {guard}\n\n"
             f"constexpr int kNumClasses = {len(labels)};\n"
             f"constexpr const char* kLabels[kNumClasses] = {{\n{names}\n}};\n\n#endif  // {guard}\n")

@@ -53,5 +53,5 @@ Classification Classify(tflite::MicroInterpreter* interpreter, const uint8_t* pi
   for (int c = 1; c < kNumClasses; ++c) {
     if (OutputValue(output, c) > OutputValue(output, best)) best = c;  // ties: the lower index, like argmax
   }
-  return {best, (OutputValue(output, best) - kOutputZeroPoint) * kOutputScale};
+  return {best, static_cast<float>(OutputValue(output, best) - kOutputZeroPoint) * kOutputScale};
 }
