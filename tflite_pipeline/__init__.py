@@ -42,11 +42,12 @@ _LAZY = {
     # verbs
     "run": "runs.pipeline", "convert": "runs.pipeline", "verify": "runs.verify", "load_recipe": "config.recipe",
     "inspect_tflite": "tflite.flatbuffer", "bench_models": "tflite.bench", "export_android": "export.android",
-    "export_micro": "export.micro",
+    "export_micro": "export.micro", "explore": "runs.explore",
     # what they return
     "Recipe": "config.recipe", "RunResult": "runs.pipeline", "RunReport": "runs.report",
     "ParityReport": "tflite.parity", "TFLiteInfo": "tflite.flatbuffer", "ModelBenchmark": "tflite.bench",
     "AndroidExport": "export.android", "MicroExport": "export.micro",
+    "ExploreBudget": "runs.explore", "ExploreReport": "runs.explore",
 }
 _SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export")
 

@@ -3,7 +3,8 @@
 Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 dependencies,
 4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder,
 11 a model the Android app or a target runtime cannot run, 12 an optional step failed after verification (the
-verified models are kept), 13 a model over a microcontroller's flash or RAM budget, 130 / 143 stopped by Ctrl-C /
+verified models are kept), 13 a model over a microcontroller's flash or RAM budget or no `explore` candidate within
+its budget, 130 / 143 stopped by Ctrl-C /
 SIGTERM. docs/cli.md has the table.
 """
 
@@ -83,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_skip_option(p)
     _add_unsafe_option(p)
     _add_output_options(p)
+
+    p = commands.add_parser("explore", help="run candidate recipes and pick the most accurate model within a budget; "
+                                            "writes models/explore/")
+    p.add_argument("--recipe", default="default", help="the base recipe: model, data, training (default: default)")
+    p.add_argument("--model", help="your trained Keras model as the baseline (sets model.source, no training)")
+    p.add_argument("--data", help="dataset root with train/ validation/ calibration/ (overrides data.root)")
+    p.add_argument("--max-gzip-kb", type=float, help="the int8 file's gzip size at most this, KB")
+    p.add_argument("--max-size-kb", type=float, help="the int8 file's size at most this, KB")
+    p.add_argument("--max-latency-ms", type=float, help="LiteRT median latency on this machine at most this, ms")
+    p.add_argument("--threads", type=int, default=1, help="threads the latency is measured at (default 1)")
+    p.add_argument("--max-top1-drop", type=float, default=1.0,
+                   help="top-1 at most this many points below the float baseline (default 1.0)")
+    p.add_argument("--max-convert-s", type=float, help="the candidate's conversion at most this, seconds")
+    p.add_argument("--time-budget-min", type=float, help="start no candidate after this many minutes")
+    p.add_argument("--candidates", help="comma-separated candidates to try, in order (default: all; "
+                                        "docs/explore.md lists them)")
+    _add_set_option(p, example="--set prune.epochs=3")
+    p.add_argument("--cache-dir", help="where finished training stages are kept (default: OUTPUT_DIR/.cache)")
+    p.add_argument("--no-cache", action="store_true", help="train every stage; neither read nor write the cache")
+    p.add_argument("--run-name", default="explore", help="explore folder name (default: explore)")
+    p.add_argument("--output-dir", default="models", help="parent of the explore folder (default: models)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier candidates of that folder and start over "
+                                                            "(default: finished candidates are read back)")
 
     p = commands.add_parser("convert", help="convert your Keras model to float32 + int8 .tflite and verify them")
     p.add_argument("model", help=".keras / .h5 file or SavedModel folder (tf_keras or Keras 3; flat or nested)")
@@ -252,6 +276,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            cache_dir=args.cache_dir, use_cache=not args.no_cache))
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from tflite_pipeline.runs.explore import CANDIDATES, ExploreBudget, candidates_named, explore
+
+    overrides = dict(parse_override(item) for item in args.overrides)
+    base = {"data.root": args.data} if args.data else {}
+    if args.model:
+        base.update({"model.source": args.model, "train.epochs": 0})
+    budget = ExploreBudget(max_gzip_kb=args.max_gzip_kb, max_size_kb=args.max_size_kb,
+                           max_latency_ms=args.max_latency_ms, threads=args.threads, max_top1_drop=args.max_top1_drop,
+                           max_convert_s=args.max_convert_s, time_budget_min=args.time_budget_min)
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
+    report = explore(load_recipe(args.recipe).with_overrides(base), budget,
+                     candidates=candidates_named(names) if names else CANDIDATES, overrides=overrides,
+                     output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
+                     cache_dir=args.cache_dir, use_cache=not args.no_cache, log=progress.log)
+    print(report.format_table())
+    print(f"\nrecommended: {report.recommended} -> {Path(args.output_dir) / args.run_name / report.recommended_file}")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from tflite_pipeline.runs.pipeline import convert
 
@@ -360,13 +404,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "convert": _cmd_convert, "verify": _cmd_verify, "inspect": _cmd_inspect,
-             "bench": _cmd_bench, "export-android": _cmd_export_android, "export-micro": _cmd_export_micro,
-             "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
+_COMMANDS = {"run": _cmd_run, "explore": _cmd_explore, "convert": _cmd_convert, "verify": _cmd_verify,
+             "inspect": _cmd_inspect, "bench": _cmd_bench, "export-android": _cmd_export_android,
+             "export-micro": _cmd_export_micro, "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
 
 
 _RESUME = {"run": "run the same command again: finished training stages are loaded from the cache",
-           "convert": "run the same command again", "export-micro": "run the export again; each model's folder is "
+           "convert": "run the same command again",
+           "explore": "run the same command again: finished candidates are read back, finished stages loaded from "
+           "the cache", "export-micro": "run the export again; each model's folder is "
            "swapped in whole", "export-android": "run the export again; the app keeps the "
            "models of the last complete export"}
 

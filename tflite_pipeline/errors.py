@@ -75,7 +75,8 @@ class CompatibilityError(PipelineError):
 
 
 class BudgetError(CompatibilityError):
-    """A model does not fit a microcontroller's flash or RAM budget. Carries the measured numbers (`report`)."""
+    """A model does not fit a budget: a microcontroller's flash or RAM (`export-micro`), or no `explore` candidate
+    is within the size, latency and accuracy asked for. Carries the measured numbers (`report`)."""
 
     exit_code = 13
 
