@@ -47,7 +47,6 @@ _LAZY = {
     "Recipe": "config.recipe", "RunResult": "runs.pipeline", "RunReport": "runs.report",
     "ParityReport": "tflite.parity", "TFLiteInfo": "tflite.flatbuffer", "ModelBenchmark": "tflite.bench",
     "AndroidExport": "export.android", "MicroExport": "export.micro",
-    "ExploreBudget": "runs.explore", "ExploreReport": "runs.explore",
 }
 _SUBPACKAGES = ("config", "data", "model", "optimize", "tflite", "runs", "export")
 
