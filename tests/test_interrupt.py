@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def _wide_copy(inputs: Path, target: Path) -> Path:
 
 def _stop_when(command: list[str], trigger: str, signal_number: int) -> tuple[int, str]:
     """Start `command`, send the signal when a stderr line starts with `trigger`; returns (exit code, stderr)."""
+    # SIGINT as a terminal gives it: a shell starting pytest in the background (`cmd &`) leaves SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler in the child; exec keeps the default set here
+    command = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])", *command]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines = []
     deadline = time.monotonic() + 300
