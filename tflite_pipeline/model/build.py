@@ -26,6 +26,7 @@ def build_mobilenet_v2(num_classes: int, input_size: int | Sequence[int] = 64, *
     ~/.keras/models), or the path of a weights file for the headless backbone.
     `bn_momentum` replaces Keras' 0.999, with which a model trained for a few epochs from scratch
     keeps its initial moving statistics and scores at chance in inference mode.
+    With a `seed`, Keras' session is cleared first, so the weights depend on the seed alone.
     Raises `ModelError` for an invalid combination or when ImageNet weights cannot be fetched.
     """
     height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
@@ -38,6 +39,9 @@ def build_mobilenet_v2(num_classes: int, input_size: int | Sequence[int] = 64, *
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise ModelError(f"Received weights={weights!r}; expected 'none', 'imagenet' or an existing weights file.")
     if seed is not None:
+        # Keras' op seeds and layer-name counters depend on what this process built before: cleared, the same seed
+        # gives the same weights in any process (explore builds one baseline per candidate; the cache keys on them)
+        keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
     try:
         backbone = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False,

@@ -162,7 +162,7 @@ class ExploreReport:
             vs = f"{r.gzip_bytes / self.float32_gzip_bytes:.3f}x" if self.float32_gzip_bytes else ""
             latency = "" if r.latency_ms is None else f"{r.latency_ms:.2f} ms"
             convert = "" if r.convert_s is None else f"{r.convert_s:.0f} s"
-            rows.append(f"| {r.name} | {r.top1:.2%} | {-r.top1_drop:+.2f} | {r.agreement:.2%} | "
+            rows.append(f"| {r.name} | {r.top1:.2%} | {0.0 - r.top1_drop:+.2f} | {r.agreement:.2%} | "
                         f"{r.size_bytes / 1024:,.1f} KB | {r.gzip_bytes / 1024:,.1f} KB | {vs} | {r.macs:,} | "
                         f"{latency} | {convert} | {mark} |")
         return "\n".join(rows)
@@ -266,7 +266,7 @@ def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candida
         result, reports[candidate.name] = _measure(candidate.name, candidate.description, run_dir, root, budget,
                                                    reuse)
         results.append(result)
-        log(f"[explore] {candidate.name}: top-1 {result.top1:.2%} ({-result.top1_drop:+.2f} pts), gzip "
+        log(f"[explore] {candidate.name}: top-1 {result.top1:.2%} ({0.0 - result.top1_drop:+.2f} pts), gzip "
             f"{result.gzip_bytes / 1024:,.1f} KB, " + ("within the budget" if result.meets else
                                                        "misses: " + "; ".join(result.misses)))
         _write(root, _report(budget, results, skipped, None, None, reports, started), final=False)
