@@ -343,14 +343,17 @@ def _figures(report: ExploreReport) -> dict[str, bytes]:
         return [ModelPoint(r.name, r.top1, cost(r)) for r in report.results if cost(r) is not None]
 
     budget = f"budget: {report.budget.describe()}"
+    b = report.budget
+    floor = None if report.baseline_top1 is None else report.baseline_top1 - b.max_top1_drop / 100
+    shared = {"baseline_top1": report.baseline_top1, "min_top1": floor, "chosen": report.recommended}
     out = {"explore_gzip.png": tradeoff(points(lambda r: r.gzip_bytes / 1024), cost_label="gzip size (KB)",
-                                        title=f"Candidates: top-1 vs gzip size ({budget})",
-                                        baseline_top1=report.baseline_top1)}
+                                        title=f"Candidates: top-1 vs gzip size ({budget})", max_cost=b.max_gzip_kb,
+                                        **shared)}
     latency = points(lambda r: r.latency_ms)
     if latency:
-        out["explore_latency.png"] = tradeoff(latency, cost_label=f"LiteRT latency (ms, {report.budget.threads} "
-                                              "thread(s))", title="Candidates: top-1 vs latency",
-                                              baseline_top1=report.baseline_top1)
+        out["explore_latency.png"] = tradeoff(latency, cost_label=f"LiteRT latency (ms, {b.threads} thread(s))",
+                                              title="Candidates: top-1 vs latency", max_cost=b.max_latency_ms,
+                                              **shared)
     return out
 
 

@@ -44,9 +44,10 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, baseline_top1: float | None = None
-             ) -> bytes:
-    """Accuracy vs cost scatter, one labelled point per model, the Pareto front drawn and ringed."""
+def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, baseline_top1: float | None = None,
+             max_cost: float | None = None, min_top1: float | None = None, chosen: str | None = None) -> bytes:
+    """Accuracy vs cost scatter, one labelled point per model, the Pareto front drawn and ringed; a budget
+    (`max_cost`, `min_top1`) shaded as the region outside it, and the `chosen` model marked."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     front = pareto_front(points)
     ax.scatter([p.cost for p in points], [p.top1 * 100 for p in points], s=36, color="tab:blue", zorder=3)
@@ -58,6 +59,15 @@ def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, basel
         ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if baseline_top1 is not None:
         ax.axhline(baseline_top1 * 100, color="grey", ls="--", lw=1, label="float Keras")
+    if max_cost is not None:
+        ax.axvspan(max_cost, max(max_cost, *[p.cost for p in points]) * 1.05, color="tab:red", alpha=0.08,
+                   label="outside the budget")
+    if min_top1 is not None:
+        ax.axhspan(min(min_top1, *[p.top1 for p in points]) * 100 - 0.2, min_top1 * 100, color="tab:red", alpha=0.08,
+                   label=None if max_cost is not None else "outside the budget")
+    for p in points:
+        if p.name == chosen:
+            ax.scatter([p.cost], [p.top1 * 100], s=160, marker="*", color="tab:green", zorder=5, label="recommended")
     ax.set_xlabel(cost_label)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title, fontsize=10)
