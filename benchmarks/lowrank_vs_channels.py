@@ -2,8 +2,8 @@
 weights: kernel speed does not depend on the values), timed side by side with the unpruned model, and top-1 of
 trained runs of both on the bundled data (their report.json).
 
-    .venv/bin/python benchmarks/lowrank_vs_channels.py --runs models/explore/candidates/channels50-qat \
-        models/explore/candidates/lowrank50-qat --figures
+    .venv/bin/python benchmarks/lowrank_vs_channels.py --runs models/explore/candidates/channels70-qat \
+        models/explore/candidates/lowrank70-qat --figures
 
 Both compressions target `--mac-budget` (default 0.5) of the model's MACs: channel pruning by removing whole
 expanded channels (`[channels]`, L1 criterion here: no data), low-rank by factoring the 1x1 convolutions at the
