@@ -99,3 +99,17 @@ def test_candidates_take_the_bundled_recipes_sections_and_the_users_overrides_wi
         candidates_named(["nope"])
     with pytest.raises(RecipeError, match="max_gzip_kb=0"):
         ExploreBudget(max_gzip_kb=0)
+
+
+def test_a_candidate_that_fails_is_listed_as_not_run_and_the_others_go_on(explored, base, monkeypatch):
+    root, _, _ = explored
+
+    def failing_run(recipe, **kwargs):
+        raise RecipeError("Received `lowrank.mac_budget=0.5`, but factoring every candidate layer keeps 60%")
+
+    monkeypatch.setattr(pipeline, "run", failing_run)
+    report = explore(base, ExploreBudget(max_top1_drop=100), candidates=candidates_named(["ptq", "lowrank70-qat"]),
+                     overrides=FAST, output_dir=root.parent, log=lambda _: None)
+    assert [r.name for r in report.results] == ["ptq"] and report.recommended == "ptq"
+    assert report.skipped["lowrank70-qat"].startswith("failed (RecipeError, exit 4): Received `lowrank.mac_budget")
+    assert "- lowrank70-qat not run: failed (RecipeError" in (root / "explore.md").read_text()
