@@ -24,6 +24,7 @@ from tflite_pipeline.optimize.qat import activation_range_variables, quantize_aw
 SPEC = PreprocessSpec(32, 32)
 SMALL_SPEC = PreprocessSpec(28, 28, channels=1)   # the reference CNN (conftest.small_model)
 SMALL_EXCLUDE = ("^stem$", "^classes$")              # its stem and classifier (MobileNetV2's defaults name others)
+SMALL_EXCLUDE_NAMES = ("stem", "classes")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,30 @@ def test_clustering_leaves_at_most_n_distinct_weights(small_model, train_folder)
     assert max(unique_weights(clustered, names).values()) <= 8
     cqat = quantize_aware(clustered, "cluster_preserve")  # CQAT applies to the clustered model
     assert any("quant" in layer.name for layer in cqat.layers)
+
+
+def test_pcqat_keeps_the_zeros_of_every_pruned_layer_even_after_a_dense_one(small_model, train_folder):
+    """tfmot shares one weight quantizer between layers and turns its sparsity preservation off at the first layer
+    without zeros (here the dense stem): each layer must get its own."""
+    pruned = keras.models.clone_model(small_model)
+    pruned.set_weights(small_model.get_weights())
+    for layer in pruned.layers:
+        if type(layer) in (keras.layers.Conv2D, keras.layers.Dense) and layer.name not in SMALL_EXCLUDE_NAMES:
+            kernel, *rest = layer.get_weights()
+            kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.7)] = 0.0
+            layer.set_weights([kernel, *rest])
+    wrapped, names = cluster_weights(pruned, ClusterConfig(enabled=True, clusters=8, exclude=SMALL_EXCLUDE))
+    clustered = strip_clustering(wrapped)
+    pcqat = quantize_aware(clustered, "cluster_preserve")
+    fit(pcqat, train_folder, SMALL_SPEC, epochs=1, learning_rate=1e-2, batch_size=16, log=lambda _: None)
+    quantizers = {layer.layer.name: layer.quantize_config.weight_quantizer for layer in pcqat.layers
+                  if hasattr(layer, "quantize_config") and layer.layer.name in names}
+    assert len(quantizers) == len(names) and len({id(q) for q in quantizers.values()}) == len(names)
+    assert all(q.preserve_sparsity for q in quantizers.values())
+    for layer in pcqat.layers:
+        if hasattr(layer, "quantize_config") and layer.layer.name in names:
+            kernel = next(v for v in layer.weights if v.name.split("/")[-1].startswith("kernel")).numpy()
+            assert np.mean(kernel == 0) >= 0.69, layer.layer.name  # QAT writes the clustered kernel back each step
 
 
 @pytest.mark.fast

@@ -13,6 +13,7 @@ them 0.1% per training step, so after a short fine-tune every ReLU6 output is st
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import numpy as np
@@ -79,7 +80,13 @@ class _PerChannelDepthwiseRegistry(_quant.QuantizeRegistry):
     def get_quantize_config(self, layer):
         if type(layer) is keras.layers.DepthwiseConv2D:
             return DepthwiseQuantizeConfig()
-        return self._registry.get_quantize_config(layer)
+        config = self._registry.get_quantize_config(layer)
+        if hasattr(config, "weight_quantizer"):
+            # tfmot's cluster-preserving registry hands every layer the same weight quantizer, which turns its
+            # `preserve_sparsity` off for good at the first layer without zeros (the dense stem): every pruned layer
+            # after it then lost its zeros in PCQAT. One quantizer per layer keeps each layer's own setting.
+            config.weight_quantizer = copy.copy(config.weight_quantizer)
+        return config
 
 
 class _PerChannelDepthwiseScheme(_quant.QuantizeScheme):
