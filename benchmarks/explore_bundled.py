@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                             output_dir=REPO / "models")
     except tp.BudgetError as error:
         report = error.report
-    lines = [report.to_markdown().split("\n", 2)[2].replace("](explore_", "](explore-bundled_")]
+    plots = sorted(p.name for p in root.glob("explore_*.png"))
+    lines = [report.to_markdown(plots).split("\n", 2)[2].replace("explore_", "explore-bundled_")]
     print(lines[0])
     if args.figures:
         for png in sorted(root.glob("explore_*.png")):
