@@ -42,7 +42,8 @@ def breakdown(path: Path) -> dict[str, tuple[int, int]]:
     data = path.read_bytes()
     out = {name: (len(raw), len(gzip.compress(raw, 9))) for name, raw in parts.items()}
     total = (len(data), len(gzip.compress(data, 9)))
-    out["the rest (structure)"] = (total[0] - sum(v[0] for v in out.values()), total[1] - sum(v[1] for v in out.values()))
+    out["the rest (structure)"] = (total[0] - sum(raw for raw, _ in out.values()),
+                                   total[1] - sum(packed for _, packed in out.values()))
     out["whole file"] = total
     return out
 
