@@ -4,8 +4,7 @@ Exit codes: 0 success, 2 usage, and one per error family (see `errors.py`): 3 de
 4 recipe, 5 data, 6 model, 7 conversion, 8 not a TFLite file, 9 parity gate failed, 10 output folder,
 11 a model the Android app or a target runtime cannot run, 12 an optional step failed after verification (the
 verified models are kept), 13 a model over a microcontroller's flash or RAM budget or no `explore` candidate within
-its budget, 130 / 143 stopped by Ctrl-C /
-SIGTERM. docs/cli.md has the table.
+its budget, 130 / 143 stopped by Ctrl-C / SIGTERM. docs/cli.md has the table.
 """
 
 from __future__ import annotations
@@ -277,7 +276,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
-    from tflite_pipeline.runs.explore import CANDIDATES, ExploreBudget, candidates_named, explore
+    from tflite_pipeline.runs.explore import ExploreBudget, candidates_named, explore
 
     overrides = dict(parse_override(item) for item in args.overrides)
     base = {"data.root": args.data} if args.data else {}
@@ -288,7 +287,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
                            max_convert_s=args.max_convert_s, time_budget_min=args.time_budget_min)
     names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
     report = explore(load_recipe(args.recipe).with_overrides(base), budget,
-                     candidates=candidates_named(names) if names else CANDIDATES, overrides=overrides,
+                     candidates=candidates_named(names) if names else None, overrides=overrides,
                      output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
                      cache_dir=args.cache_dir, use_cache=not args.no_cache, log=progress.log)
     print(report.format_table())

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -134,30 +134,34 @@ def plan_ranks(model: keras.Model, config: LowRankConfig) -> RankPlan:
     if not layers:
         raise RecipeError(f"`lowrank` finds no 1x1 Conv2D or Dense layer to factor in {model.name!r} (types "
                           f"{list(config.layer_types)}, exclude {list(config.exclude)}).")
-    spectra = {layer.name: np.linalg.svd(_kernel_matrix(layer), compute_uv=False) for layer in layers}
     total = model_macs(model)
     classes = int(model.outputs[0].shape[-1])
+    shapes = []   # per layer, once: (name, C_in, C_out, output positions, singular values)
+    for layer in layers:
+        matrix = _kernel_matrix(layer)
+        shapes.append((layer.name, *matrix.shape, int(np.prod([d or 1 for d in layer.output_shape[1:-1]])),
+                       np.linalg.svd(matrix, compute_uv=False)))
 
     def at(energy: float) -> RankPlan:
         ranks = []
-        for layer in layers:
-            c_in, c_out = _kernel_matrix(layer).shape
-            positions = int(np.prod([d or 1 for d in layer.output_shape[1:-1]]))
-            rank, kept = _rank_for(spectra[layer.name], energy, config.multiple)
-            skipped = "" if rank < c_in * c_out / (c_in + c_out) else \
-                f"rank {rank} is not below the break-even {c_in * c_out / (c_in + c_out):.1f}"
+        for name, c_in, c_out, positions, singular in shapes:
+            row = LayerRank(name, c_in, c_out, positions, *_rank_for(singular, energy, config.multiple))
             if c_out == classes:
-                skipped = "the classifier (a rank below the class count caps the classes it can tell apart)"
-            ranks.append(LayerRank(layer.name, c_in, c_out, positions, rank, kept, skipped))
+                row = replace(row, skipped="the classifier (a rank below the class count caps the classes it can "
+                                           "tell apart)")
+            elif row.rank >= row.break_even:
+                row = replace(row, skipped=f"rank {row.rank} is not below the break-even {row.break_even:.1f}")
+            ranks.append(row)
         return RankPlan(tuple(ranks), energy, total)
 
     if not config.mac_budget:
         return at(config.energy)
     target = config.mac_budget * total
     low, high = 0.0, 1.0
-    if at(low).macs_after > target:
+    smallest = at(low).macs_after
+    if smallest > target:
         raise RecipeError(f"Received `lowrank.mac_budget={config.mac_budget}`, but factoring every candidate layer "
-                          f"to rank {config.multiple} keeps {at(low).macs_after / total:.1%} of the MACs; raise the "
+                          f"to rank {config.multiple} keeps {smallest / total:.1%} of the MACs; raise the "
                           "budget, or combine with [channels].")
     for _ in range(40):
         middle = (low + high) / 2
@@ -192,8 +196,8 @@ def factorize(model: keras.Model, ranks: Mapping[str, int]) -> keras.Model:
     factored = keras.Model.from_config(config)
     for layer in factored.layers:
         if layer.name in ranks:
-            a, b = _factors(_kernel_matrix(model.get_layer(layer.name)), ranks[layer.name])
             source = model.get_layer(layer.name)
+            a, b = _factors(_kernel_matrix(source), ranks[layer.name])
             first = factored.get_layer(layer.name + FIRST_SUFFIX)
             first.set_weights([a.reshape(first.get_weights()[0].shape)])
             layer.set_weights([b.reshape(layer.get_weights()[0].shape), *source.get_weights()[1:]])

@@ -224,11 +224,7 @@ def _measure(name: str, description: str, run_dir: Path, root: Path, budget: Exp
         parameters=artifact["info"]["num_parameters"], latency_ms=latency.get("median_ms"),
         convert_s=report["seconds"].get("convert"), seconds=report["seconds"]["total"],
         gate_passed=not row["failures"], reused=reused)
-    return _with_misses(result, budget), report
-
-
-def _with_misses(result: CandidateResult, budget: ExploreBudget) -> CandidateResult:
-    return replace(result, misses=tuple(budget.misses(result)))
+    return replace(result, misses=tuple(budget.misses(result))), report
 
 
 def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candidate] | None = None,
@@ -281,7 +277,7 @@ def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candida
 
     within = sorted((r for r in results if r.meets), key=lambda r: (-r.top1, r.gzip_bytes))
     recommended = within[0] if within else None
-    shipped = _ship(root, recommended, reports, log) if recommended else None
+    shipped = _ship(root, recommended, log) if recommended else None
     report = _report(budget, results, skipped, recommended, shipped, reports, started)
     _write(root, report, final=True)
     log(f"[explore] {root}/explore.md: {len(results)} candidates; " +
@@ -308,7 +304,7 @@ def _report(budget: ExploreBudget, results: list[CandidateResult], skipped: dict
                          machine=cpu_description())
 
 
-def _ship(root: Path, chosen: CandidateResult, reports: Mapping[str, Mapping[str, Any]], log: Log) -> str:
+def _ship(root: Path, chosen: CandidateResult, log: Log) -> str:
     """Verify the chosen candidate's run folder again (the gate, on its own files) and copy its model, labels and
     preprocessing to `recommended/`; returns the model's path relative to `root`."""
     from tflite_pipeline.runs.verify import verify
