@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-1 at most this many points below the float baseline (default 1.0)")
     p.add_argument("--max-convert-s", type=float, help="the candidate's conversion at most this, seconds")
     p.add_argument("--time-budget-min", type=float, help="start no candidate after this many minutes")
+    p.add_argument("--from-scratch-epochs", type=int, metavar="N",
+                   help="also try other MobileNetV2 widths and resolutions, each trained from scratch for N epochs")
     p.add_argument("--candidates", help="comma-separated candidates to try, in order (default: all; "
                                         "docs/explore.md lists them)")
     _add_set_option(p, example="--set prune.epochs=3")
@@ -289,7 +291,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     report = explore(load_recipe(args.recipe).with_overrides(base), budget,
                      candidates=candidates_named(names) if names else None, overrides=overrides,
                      output_dir=args.output_dir, run_name=args.run_name, overwrite=args.overwrite,
-                     cache_dir=args.cache_dir, use_cache=not args.no_cache, log=progress.log)
+                     cache_dir=args.cache_dir, use_cache=not args.no_cache, scratch_epochs=args.from_scratch_epochs,
+                     log=progress.log)
     print(report.format_table())
     print(f"\nrecommended: {report.recommended} -> {Path(args.output_dir) / args.run_name / report.recommended_file}")
     return 0

@@ -10,7 +10,15 @@ import tflite_pipeline as tp
 from tflite_pipeline.cli import main
 from tflite_pipeline.errors import BudgetError, RecipeError
 from tflite_pipeline.runs import pipeline
-from tflite_pipeline.runs.explore import ExploreBudget, candidate_recipe, candidates_named, explore
+from tflite_pipeline.runs.explore import (
+    CANDIDATES,
+    SCRATCH_CANDIDATES,
+    Candidate,
+    ExploreBudget,
+    candidate_recipe,
+    candidates_named,
+    explore,
+)
 
 TWO = candidates_named(["ptq", "prune80-pqat"])
 FAST = {"train.batch_size": 16, "prune.epochs": 1, "prune.exclude": ["^stem$"], "qat.epochs": 1,
@@ -113,3 +121,34 @@ def test_a_candidate_that_fails_is_listed_as_not_run_and_the_others_go_on(explor
     assert [r.name for r in report.results] == ["ptq"] and report.recommended == "ptq"
     assert report.skipped["lowrank70-qat"].startswith("failed (RecipeError, exit 4): Received `lowrank.mac_budget")
     assert "- lowrank70-qat not run: failed (RecipeError" in (root / "explore.md").read_text()
+
+
+@pytest.mark.fast
+def test_width_and_resolution_candidates_train_from_scratch_only_with_a_from_scratch_budget(base):
+    (narrow,) = candidates_named(["w0.35-48px-qat"])
+    with pytest.raises(RecipeError, match="from-scratch budget"):
+        candidate_recipe(base, narrow, ExploreBudget())
+    recipe = candidate_recipe(base, narrow, ExploreBudget(), scratch_epochs=7)
+    assert (recipe.model.source, recipe.model.alpha, recipe.model.input_size) == ("mobilenet_v2", 0.35, 48)
+    assert recipe.train.epochs == 7 and recipe.qat.enabled and recipe.data.root == base.data.root
+    with pytest.raises(RecipeError, match="from-scratch budget"):   # refused before any candidate runs
+        explore(base, ExploreBudget(), candidates=[narrow], log=lambda _: None)
+    with pytest.raises(RecipeError, match="scratch_epochs=0"):
+        explore(base, ExploreBudget(), scratch_epochs=0, log=lambda _: None)
+    assert all(c.from_scratch for c in SCRATCH_CANDIDATES) and not any(c.from_scratch for c in CANDIDATES)
+
+
+def test_a_from_scratch_candidate_runs_after_the_base_and_its_drop_is_against_the_base_baseline(explored, base):
+    root, _, _ = explored
+    scratch = Candidate("w0.35-32px-ptq", "default", {"model.alpha": 0.35, "model.input_size": 32},
+                        "MobileNetV2 0.35 @ 32 from scratch", from_scratch=True)
+    messages = []
+    report = explore(base, ExploreBudget(max_top1_drop=100), candidates=[scratch, candidates_named(["ptq"])[0]],
+                     overrides=FAST, output_dir=root.parent, scratch_epochs=1, log=messages.append)
+    assert [r.name for r in report.results] == ["ptq", "w0.35-32px-ptq"] and report.result("ptq").reused
+    ptq, narrow = report.result("ptq"), report.result(scratch.name)
+    assert report.baseline_top1 == ptq.float_top1 and narrow.float_top1 is not None
+    assert narrow.top1_drop == pytest.approx(100 * (ptq.float_top1 - narrow.top1), abs=1e-3)
+    assert narrow.macs != ptq.macs   # another architecture, built and trained here
+    recipe = json.loads((root / "candidates" / scratch.name / "report.json").read_text())["recipe"]
+    assert recipe["model"]["source"] == "mobilenet_v2" and recipe["train"]["epochs"] == 1

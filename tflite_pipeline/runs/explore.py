@@ -41,6 +41,16 @@ class Candidate:
     recipe: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    from_scratch: bool = False   # a MobileNetV2 of its own width/resolution, trained for the explore's scratch_epochs
+
+    def recipe_overrides(self, scratch_epochs: int | None) -> dict[str, Any]:
+        if not self.from_scratch:
+            return dict(self.overrides)
+        if scratch_epochs is None:
+            raise RecipeError(f"Candidate {self.name!r} trains a MobileNetV2 from scratch; give a from-scratch "
+                              f"budget (`--from-scratch-epochs N`, `explore(..., scratch_epochs=N)`) to try it.")
+        return {"model.source": "mobilenet_v2", "model.weights": "none", "train.epochs": scratch_epochs,
+                **self.overrides}
 
 
 CANDIDATES: tuple[Candidate, ...] = (
@@ -59,6 +69,13 @@ CANDIDATES: tuple[Candidate, ...] = (
               "low-rank factorization to 70% of the MACs -> QAT, distilled (MobileNetV2 0.35 cannot go below "
               "60%: its depthwise layers and narrow 1x1 layers keep the rest)"),
 )
+
+# Width and resolution: each needs its own float model, trained from scratch on the explore's data; tried only
+# when a from-scratch budget (epochs) is given. Their top-1 drop is measured against the base's float baseline.
+SCRATCH_CANDIDATES: tuple[Candidate, ...] = tuple(
+    Candidate(f"w{alpha:g}-{size}px-qat", "qat", {"model.alpha": alpha, "model.input_size": size},
+              f"MobileNetV2 {alpha:g} @ {size}x{size} trained from scratch -> QAT", from_scratch=True)
+    for alpha, size in ((0.35, 48), (0.5, 48), (0.25, 64), (0.5, 32)))
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,7 @@ class CandidateResult:
     description: str
     file: str                    # the .tflite, relative to the explore folder
     top1: float
-    top1_drop: float
+    top1_drop: float             # points below the base's float baseline
     agreement: float
     size_bytes: int
     gzip_bytes: int
@@ -124,6 +141,7 @@ class CandidateResult:
     gate_passed: bool
     reused: bool = False
     misses: tuple[str, ...] = ()
+    float_top1: float | None = None   # the candidate's own float model (a from-scratch one differs from the base's)
 
     @property
     def meets(self) -> bool:
@@ -189,14 +207,16 @@ class ExploreReport:
 
 
 def candidate_recipe(base: Recipe, candidate: Candidate, budget: ExploreBudget,
-                     overrides: Mapping[str, Any] | None = None) -> Recipe:
+                     overrides: Mapping[str, Any] | None = None, scratch_epochs: int | None = None) -> Recipe:
     """`base` with `candidate`'s fine-tune sections and overrides, latency measured at the budget's threads, the
-    gate's top-1 drop the budget's, and the user's `overrides` last (they win)."""
+    gate's top-1 drop the budget's, and the user's `overrides` last (they win). A from-scratch candidate builds
+    its own MobileNetV2 and trains it for `scratch_epochs`."""
     source = load_recipe(candidate.recipe)
     sections = {f"{name}.{key}": value for name in STAGE_SECTIONS
                 for key, value in getattr(source, name).to_dict().items()}
-    fine_tunes = source.optimizes or any(str(k).endswith(".enabled") and v for k, v in candidate.overrides.items())
-    return base.with_overrides({**sections, **candidate.overrides, "bench.enabled": True,
+    own = candidate.recipe_overrides(scratch_epochs)
+    fine_tunes = source.optimizes or any(str(k).endswith(".enabled") and v for k, v in own.items())
+    return base.with_overrides({**sections, **own, "bench.enabled": True,
                                 "bench.threads": budget.threads, "verify.max_top1_drop": budget.max_top1_drop,
                                 "convert.variants": [] if fine_tunes else ["float32", "int8"],
                                 **(overrides or {})})
@@ -207,9 +227,10 @@ def _same_recipe(report: Mapping[str, Any], recipe: Recipe) -> bool:
         json.loads(json.dumps(recipe.to_dict())), sort_keys=True)
 
 
-def _measure(name: str, description: str, run_dir: Path, root: Path, budget: ExploreBudget,
-             reused: bool) -> tuple[CandidateResult, dict[str, Any]]:
-    """The candidate's int8 model (its last full-integer artifact) and its report."""
+def _measure(name: str, description: str, run_dir: Path, root: Path, budget: ExploreBudget, reused: bool,
+             baseline_top1: float | None = None) -> tuple[CandidateResult, dict[str, Any]]:
+    """The candidate's int8 model (its last full-integer artifact) and its report; its top-1 drop against
+    `baseline_top1` when given (a from-scratch candidate against the base's float model), else its own."""
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     int8 = [a for a in report["artifacts"] if a["info"]["is_full_integer"] and a["variant"].endswith("int8")]
     if not int8:
@@ -219,7 +240,8 @@ def _measure(name: str, description: str, run_dir: Path, root: Path, budget: Exp
     latency = artifact.get("latency") or {}
     result = CandidateResult(
         name=name, description=description, file=str((run_dir / artifact["file"]).relative_to(root)),
-        top1=row["top1"], top1_drop=row["top1_drop"], agreement=row["agreement"],
+        top1=row["top1"], agreement=row["agreement"], float_top1=report["parity"]["keras_top1"],
+        top1_drop=row["top1_drop"] if baseline_top1 is None else round(100 * (baseline_top1 - row["top1"]), 4),
         size_bytes=artifact["size_bytes"], gzip_bytes=artifact["gzip_bytes"], macs=artifact["info"]["macs"],
         parameters=artifact["info"]["num_parameters"], latency_ms=latency.get("median_ms"),
         convert_s=report["seconds"].get("convert"), seconds=report["seconds"]["total"],
@@ -230,14 +252,20 @@ def _measure(name: str, description: str, run_dir: Path, root: Path, budget: Exp
 def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candidate] | None = None,
             overrides: Mapping[str, Any] | None = None, output_dir: str | Path = "models",
             run_name: str = "explore", overwrite: bool = False, cache_dir: str | Path | None = None,
-            use_cache: bool = True, log: Log = _stderr) -> ExploreReport:
+            use_cache: bool = True, scratch_epochs: int | None = None, log: Log = _stderr) -> ExploreReport:
     """Run (or read back) every candidate, pick the most accurate within `budget`, verify and copy it. Writes
     `explore.json`, `explore.md` and the Pareto plots into `output_dir/run_name/`. Raises `BudgetError` (with the
     report) when no candidate is within the budget, `ParityError` if the recommended model fails the gate again.
-    `candidates`: default `CANDIDATES`; one that fails with a typed error is listed as not run, the others go on."""
+    `candidates`: default `CANDIDATES`, and `SCRATCH_CANDIDATES` (width, resolution) when `scratch_epochs` is
+    given; one that fails with a typed error is listed as not run, the others go on."""
     from tflite_pipeline.runs.pipeline import run
 
-    candidates = CANDIDATES if candidates is None else tuple(candidates)
+    if scratch_epochs is not None and scratch_epochs < 1:
+        raise RecipeError(f"Received scratch_epochs={scratch_epochs}; expected an integer >= 1 (the epochs each "
+                          f"from-scratch candidate trains) or none.")
+    candidates = _with_baseline(CANDIDATES + (SCRATCH_CANDIDATES if scratch_epochs else ()) if candidates is None
+                                else tuple(candidates))
+    recipes = [candidate_recipe(base, c, budget, overrides, scratch_epochs) for c in candidates]   # errors first
     root = Path(output_dir) / check_run_name(run_name)
     if overwrite and root.exists():
         shutil.rmtree(root)
@@ -247,12 +275,18 @@ def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candida
     results: list[CandidateResult] = []
     skipped: dict[str, str] = {}
     reports: dict[str, dict[str, Any]] = {}
-    for number, candidate in enumerate(candidates, 1):
-        recipe = candidate_recipe(base, candidate, budget, overrides)
+    for number, (candidate, recipe) in enumerate(zip(candidates, recipes, strict=True), 1):
         run_dir = root / "candidates" / candidate.name
         elapsed = time.monotonic() - started
         done = run_dir / "report.json"
         reuse = done.is_file() and _same_recipe(json.loads(done.read_text(encoding="utf-8")), recipe)
+        base_reports = _base_reports(reports, candidates)
+        if candidate.from_scratch and not base_reports:
+            skipped[candidate.name] = "no candidate on the base model finished, so there is no float baseline to " \
+                                      "measure its top-1 drop against"
+            log(f"[explore] {number}/{len(candidates)} {candidate.name}: skipped, {skipped[candidate.name]}")
+            continue
+        baseline = base_reports[0]["parity"]["keras_top1"] if candidate.from_scratch else None
         if not reuse and budget.time_budget_min is not None and elapsed >= budget.time_budget_min * 60:
             skipped[candidate.name] = f"the time budget ({budget.time_budget_min:g} min) was used up"
             log(f"[explore] {number}/{len(candidates)} {candidate.name}: skipped, time budget used up")
@@ -268,17 +302,18 @@ def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candida
                 log(f"[explore] {candidate.name} failed: {error}")
                 continue
         result, reports[candidate.name] = _measure(candidate.name, candidate.description, run_dir, root, budget,
-                                                   reuse)
+                                                   reuse, baseline)
         results.append(result)
         log(f"[explore] {candidate.name}: top-1 {result.top1:.2%} ({0.0 - result.top1_drop:+.2f} pts), gzip "
             f"{result.gzip_bytes / 1024:,.1f} KB, " + ("within the budget" if result.meets else
                                                        "misses: " + "; ".join(result.misses)))
-        _write(root, _report(budget, results, skipped, None, None, reports, started), final=False)
+        _write(root, _report(budget, results, skipped, None, None, _base_reports(reports, candidates), started),
+               final=False)
 
     within = sorted((r for r in results if r.meets), key=lambda r: (-r.top1, r.gzip_bytes))
     recommended = within[0] if within else None
     shipped = _ship(root, recommended, log) if recommended else None
-    report = _report(budget, results, skipped, recommended, shipped, reports, started)
+    report = _report(budget, results, skipped, recommended, shipped, _base_reports(reports, candidates), started)
     _write(root, report, final=True)
     log(f"[explore] {root}/explore.md: {len(results)} candidates; " +
         (f"recommended {recommended.name} -> {shipped}" if recommended else "none within the budget"))
@@ -290,14 +325,27 @@ def explore(base: Recipe, budget: ExploreBudget, *, candidates: Sequence[Candida
     return report
 
 
+def _with_baseline(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+    """From-scratch candidates are judged against the base's float baseline, so they run after the base's
+    candidates (`ptq` first when none is in the list)."""
+    base = tuple(c for c in candidates if not c.from_scratch)
+    scratch = tuple(c for c in candidates if c.from_scratch)
+    return ((base or CANDIDATES[:1]) if scratch else base) + scratch
+
+
+def _base_reports(reports: Mapping[str, dict[str, Any]], candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
+    """The reports of candidates built on the base's float model (not trained from scratch), in run order."""
+    scratch = {c.name for c in candidates if c.from_scratch}
+    return [report for name, report in reports.items() if name not in scratch]
+
+
 def _report(budget: ExploreBudget, results: list[CandidateResult], skipped: dict[str, str],
-            recommended: CandidateResult | None, shipped: str | None, reports: Mapping[str, Mapping[str, Any]],
+            recommended: CandidateResult | None, shipped: str | None, reports: Sequence[Mapping[str, Any]],
             started: float) -> ExploreReport:
     from tflite_pipeline.tflite.bench import cpu_description
 
-    float32 = next((a["gzip_bytes"] for r in reports.values() for a in r["artifacts"]
-                    if a["variant"] == "float32"), None)
-    baseline = next((r["parity"]["keras_top1"] for r in reports.values()), None)
+    float32 = next((a["gzip_bytes"] for r in reports for a in r["artifacts"] if a["variant"] == "float32"), None)
+    baseline = next((r["parity"]["keras_top1"] for r in reports), None)
     return ExploreReport(budget=budget, baseline_top1=baseline, float32_gzip_bytes=float32, results=tuple(results),
                          skipped=dict(skipped), recommended=recommended.name if recommended else None,
                          recommended_file=shipped, seconds=round(time.monotonic() - started, 1),
@@ -363,7 +411,7 @@ def _figures(report: ExploreReport) -> dict[str, bytes]:
 
 def candidates_named(names: Sequence[str]) -> tuple[Candidate, ...]:
     """The `CANDIDATES` with these names, in the order given; `RecipeError` for an unknown one."""
-    known = {c.name: c for c in CANDIDATES}
+    known = {c.name: c for c in CANDIDATES + SCRATCH_CANDIDATES}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise RecipeError(f"Received candidate {unknown[0]!r}; expected some of {list(known)}.")
