@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from tflite_pipeline import env, progress
@@ -196,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.add_argument("--json", dest="json_out", help="also write the verdicts to this JSON file")
 
+    p = commands.add_parser("check-tasks", help="run a run's models in MediaPipe Tasks' ImageClassifier and compare "
+                                                "its top-1 with LiteRT's on the validation images")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. models/demo")
+    p.add_argument("--models", nargs="+", metavar="NAME.tflite", help="which of the run's models (default: all)")
+    p.add_argument("--images", help="image folder DIR/<class>/* (default: the run's validation data)")
+    p.add_argument("--mediapipe-python", help="a Python with mediapipe (default: .venv-mediapipe, made by make setup)")
+    p.add_argument("--json", dest="json_out", help="also write the checks to this JSON file")
+
     commands.add_parser("recipes", help="list the bundled recipes")
     for sub in commands.choices.values():  # --verbose before or after the command (SUPPRESS: keep the first's)
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
@@ -330,10 +339,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from tflite_pipeline.export.metadata import read_metadata, tasks_problems
     from tflite_pipeline.tflite.flatbuffer import inspect_tflite
 
-    info = inspect_tflite(args.file)
-    print(json.dumps(info.to_dict(), indent=2) if args.json else info.format())
+    info, meta = inspect_tflite(args.file), read_metadata(args.file)
+    tasks = tasks_problems(info, meta)
+    if args.json:
+        print(json.dumps({**info.to_dict(), "metadata": asdict(meta) if meta else None,
+                          "tasks_problems": tasks}, indent=2))
+    else:
+        print(info.format())
+        print(meta.format() if meta else "metadata: none (no labels or normalization in the file)")
+        print("MediaPipe Tasks: " + ("ready" if not tasks else "no: " + "; ".join(tasks)))
     return 0
 
 
@@ -398,6 +415,23 @@ def _cmd_check_runtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_tasks(args: argparse.Namespace) -> int:
+    from tflite_pipeline.errors import CompatibilityError
+    from tflite_pipeline.export.tasks import check_tasks, format_tasks_table
+    from tflite_pipeline.files import atomic_write_json
+
+    checks = check_tasks(args.run_dir, models=args.models, images=args.images, python=args.mediapipe_python,
+                         log=progress.log)
+    print(format_tasks_table(checks))
+    if args.json_out:
+        atomic_write_json(args.json_out, [check.to_dict() for check in checks])
+    failed = [Path(check.model).name for check in checks if not check.ok]
+    if failed:
+        raise CompatibilityError(f"{failed} did not behave in MediaPipe Tasks as the metadata check predicts "
+                                 "(table above).")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from tflite_pipeline.config.recipe import bundled_recipes
 
@@ -408,7 +442,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"run": _cmd_run, "explore": _cmd_explore, "convert": _cmd_convert, "verify": _cmd_verify,
              "inspect": _cmd_inspect, "bench": _cmd_bench, "export-android": _cmd_export_android,
-             "export-micro": _cmd_export_micro, "check-runtime": _cmd_check_runtime, "recipes": _cmd_recipes}
+             "export-micro": _cmd_export_micro, "check-runtime": _cmd_check_runtime, "check-tasks": _cmd_check_tasks,
+             "recipes": _cmd_recipes}
 
 
 _RESUME = {"run": "run the same command again: finished training stages are loaded from the cache",

@@ -25,8 +25,8 @@ from tflite_pipeline.cli import main
 from tflite_pipeline.errors import CompatibilityError
 from tflite_pipeline.export.android import ASSETS_DIR, GOLDEN_DIR, export_android
 from tflite_pipeline.export.android import DEFAULT_APP_DIR as APP
-from tflite_pipeline.export.compatibility import check_compatibility, contract_problems, find_legacy_python, pack_model
-from tflite_pipeline.tflite.flatbuffer import TensorInfo, TFLiteInfo, read_flatbuffer
+from tflite_pipeline.export.compatibility import check_compatibility, contract_problems, find_legacy_python
+from tflite_pipeline.tflite.flatbuffer import TensorInfo, TFLiteInfo, pack_model, read_flatbuffer
 
 KOTLIN = APP / "app" / "src"
 CORE = KOTLIN / "main" / "java" / "dev" / "tflitepipeline" / "demo" / "core"

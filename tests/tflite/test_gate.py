@@ -20,8 +20,7 @@ from conftest import REFERENCE_MODEL as MODEL
 
 from tflite_pipeline.cli import main
 from tflite_pipeline.config.sections import VerifyConfig
-from tflite_pipeline.export.compatibility import pack_model
-from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
+from tflite_pipeline.tflite.flatbuffer import pack_model, read_flatbuffer
 
 
 def test_the_reference_model_passes_the_default_gate_and_reproduces_its_reference_metrics(reference_run):

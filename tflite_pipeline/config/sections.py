@@ -21,11 +21,13 @@ MOBILENET_V2 = "mobilenet_v2"   # model.source: build the MobileNetV2 here inste
 NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "raw", "mean_std")
 AUTO_NORMALIZATION = "auto"   # raw pixels when the model normalizes its own input, else minus_one_to_one
 IO_DTYPES = ("int8", "uint8")
-VARIANTS = ("float32", "int8")                      # exported by default
+# exported by default; `pixels` is int8 with the normalization folded in: uint8 pixels in (scale 1, zero point 0),
+# uint8 scores out, so an app copies the bytes and MediaPipe Tasks (which takes no int8 input) can run it
+VARIANTS = ("float32", "int8", "pixels")
 # on request: float16 weights; int8 weights with float activations; int16 activations with int8 weights
 EXTRA_VARIANTS = ("float16", "dynamic", "int16x8")
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
-CALIBRATED_VARIANTS = ("int8", "int16x8")           # the variants converted with a representative dataset
+CALIBRATED_VARIANTS = ("int8", "pixels", "int16x8")           # the variants converted with a representative dataset
 MIN_CALIBRATION_SAMPLES = 10                        # fewer images give int8 ranges too noisy to trust
 
 
@@ -189,6 +191,8 @@ class ConvertConfig(Section):
     # convert in a spawned child process (TensorFlow's converter keeps ~10 MiB per call; a child returns it to
     # the OS): for long-lived processes that run many recipes. Same bytes; a few seconds more per run
     isolate: bool = False
+    # embed TFLite metadata (labels, normalization) in every .tflite, for MediaPipe Tasks and the support library
+    metadata: bool = True
 
     def __post_init__(self) -> None:
         _require(set(self.variants) <= set(ALL_VARIANTS), self.section, "variants", self.variants,

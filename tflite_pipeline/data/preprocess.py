@@ -95,6 +95,23 @@ class PreprocessSpec:
             "mean_std": "x = (pixel / 255 - mean[c]) / std[c]",
         }[self.normalization]
 
+    def pixel_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The normalization as `x = (pixel - mean) / std` on the 0-255 scale (TFLite metadata's form)."""
+        if self.normalization == "minus_one_to_one":
+            return (127.5,), (127.5,)
+        if self.normalization == "zero_to_one":
+            return (0.0,), (255.0,)
+        if self.normalization == "raw":
+            return (0.0,), (1.0,)
+        return tuple(255.0 * m for m in self.mean), tuple(255.0 * s for s in self.std)
+
+    def folded(self) -> PreprocessSpec:
+        """The spec of this model with its normalization folded inside (`convert.pixel_input_model`): raw pixels."""
+        if self.normalization == "raw":
+            return self
+        return replace(self, normalization="raw", mean=(), std=(),
+                       source=f"normalization folded into the model (its float model takes {self.formula()})")
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)

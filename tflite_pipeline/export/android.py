@@ -40,6 +40,7 @@ from tflite_pipeline.export.compatibility import (
     format_compatibility,
     outputs_are_probabilities,
 )
+from tflite_pipeline.export.metadata import input_spec, read_metadata
 from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, missing_folders, remove_stale, temporary_dir
 from tflite_pipeline.tflite.flatbuffer import TensorInfo, inspect_tflite
 from tflite_pipeline.tflite.interpreter import QUANTIZATION_FORMULA, dequantize, quantize
@@ -108,7 +109,8 @@ class AndroidExport:
         return "\n".join(lines) + "\n\n" + format_compatibility(self.compatibility)
 
 
-def _run_models(run_dir: Path, names: Sequence[str] | None) -> list[Path]:
+def run_models(run_dir: Path, names: Sequence[str] | None) -> list[Path]:
+    """The run's `.tflite` files, or the `names` of them; `DataError` for one it does not have."""
     found = sorted(run_dir.glob("*.tflite"))
     if names is None:
         if not found:
@@ -124,7 +126,8 @@ def _run_models(run_dir: Path, names: Sequence[str] | None) -> list[Path]:
     return chosen
 
 
-def _golden_folder(run_dir: Path, images: str | Path | None, labels: Sequence[str]) -> ImageFolder:
+def run_images(run_dir: Path, images: str | Path | None, labels: Sequence[str]) -> ImageFolder:
+    """`images`, else the data the run was verified on (its validation split, found through report.json)."""
     if images is not None:
         return ImageFolder.scan(images, labels)
     try:
@@ -138,22 +141,30 @@ def _golden_folder(run_dir: Path, images: str | Path | None, labels: Sequence[st
     raise DataError(f"The run's data folder {str(root)!r} is gone; pass --images DIR for the golden images.")
 
 
+def _app_preprocessing(spec: PreprocessSpec) -> dict[str, Any]:
+    preprocessing = spec.to_dict()
+    preprocessing.update(resize_policy="stretch", quantization=QUANTIZATION_FORMULA,
+                         gray="L = (19595 R + 38470 G + 7471 B + 32768) >> 16")
+    return preprocessing
+
+
 def model_config(spec: PreprocessSpec, labels: Sequence[str], models: Sequence[Path],
-                 reports: Sequence[Compatibility], run_name: str) -> dict[str, Any]:
-    """The `model_config.json` the app reads: preprocessing, labels file and each model's I/O contract."""
+                 reports: Sequence[Compatibility], run_name: str,
+                 specs: Mapping[Path, PreprocessSpec] | None = None) -> dict[str, Any]:
+    """The `model_config.json` the app reads: preprocessing, labels file and each model's I/O contract. Each model
+    names its own preprocessing (`specs`, default the run's: the pixels variant takes raw pixels)."""
     entries = []
     for path, report in zip(models, reports, strict=True):
         info = inspect_tflite(path)
         entries.append({"file": f"{MODELS_DIR}/{path.name}", "size_bytes": info.size_bytes,
+                        "preprocessing": _app_preprocessing((specs or {}).get(path, spec)),
+                        "has_metadata": read_metadata(path) is not None, "tasks_ready": not report.tasks_problems,
                         "input": asdict(info.inputs[0]), "output": asdict(info.outputs[0]),
                         "outputs_are_probabilities": outputs_are_probabilities(path),
                         "min_runtime_version": report.min_runtime_version,
                         "runtimes": {check.runtime: check.summary() for check in report.checks}})
-    preprocessing = spec.to_dict()
-    preprocessing.update(resize_policy="stretch", quantization=QUANTIZATION_FORMULA,
-                         gray="L = (19595 R + 38470 G + 7471 B + 32768) >> 16")
     return {"format": CONFIG_FORMAT, "source_run": run_name, "labels_file": "labels.txt",
-            "num_classes": len(labels), "preprocessing": preprocessing, "models": entries}
+            "num_classes": len(labels), "preprocessing": _app_preprocessing(spec), "models": entries}
 
 
 def export_android(run_dir: str | Path, app_dir: str | Path | None = None, *, models: Sequence[str] | None = None,
@@ -172,18 +183,20 @@ def export_android(run_dir: str | Path, app_dir: str | Path | None = None, *, mo
         raise DataError(f"Received golden_count={golden_count}; expected at least 1 golden image.")
     spec = PreprocessSpec.read_json(run_dir / "preprocessing.json")
     labels = read_labels(run_dir / "labels.txt")
-    paths = _run_models(run_dir, models)
+    paths = run_models(run_dir, models)
     infos = {path: inspect_tflite(path) for path in paths}
-    problems = {path.name: contract_problems(info, spec, len(labels)) for path, info in infos.items()}
+    specs = {path: input_spec(spec, read_metadata(path)) for path in paths}  # the pixels variant takes raw pixels
+    problems = {path.name: contract_problems(info, specs[path], len(labels)) for path, info in infos.items()}
     if any(problems.values()):
         raise CompatibilityError("The Android app cannot run: " + "; ".join(
             f"{name} {', '.join(found)}" for name, found in problems.items() if found) + ".")
 
-    chosen = golden_images(_golden_folder(run_dir, images, labels), golden_count)
+    chosen = golden_images(run_images(run_dir, images, labels), golden_count)
     pixels = [spec.load_rgb(path) for path, _ in chosen]
-    inputs = {str(path): [model_input(p, spec, infos[path].inputs[0]) for p in pixels] for path in paths}
+    inputs = {str(path): [model_input(p, specs[path], infos[path].inputs[0]) for p in pixels] for path in paths}
     log(f"[android] checking {len(paths)} model(s) in LiteRT and {LEGACY_RUNTIME}")
-    reports = check_compatibility(paths, inputs=inputs, spec=spec, num_labels=len(labels),
+    reports = check_compatibility(paths, inputs=inputs, spec={str(p): s for p, s in specs.items()},
+                                  num_labels=len(labels),
                                   legacy_python=legacy_python)
     failed = [report for report in reports if not report.ok]
     if failed:
@@ -210,7 +223,7 @@ def export_android(run_dir: str | Path, app_dir: str | Path | None = None, *, mo
                           "input": f"{stem}.{path.stem}.input.bin", "output": f"{stem}.{path.stem}.output.bin",
                           "top3": top, "top3_labels": [labels[i] for i in top],
                           "top3_scores": [float(values[i]) for i in top]})
-    config = model_config(spec, labels, paths, reports, run_dir.name)
+    config = model_config(spec, labels, paths, reports, run_dir.name, specs)
     golden = {"format": GOLDEN_FORMAT, "height": spec.height, "width": spec.width, "cases": cases}
     written = _publish(app, paths, labels, config, golden, golden_files)
     log(f"[android] wrote {len(paths)} model(s), labels.txt, model_config.json and {len(cases)} golden case(s)")

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import DependencyError
-from tflite_pipeline.tflite.flatbuffer import inspect_tflite, op_name, read_flatbuffer
+from tflite_pipeline.export.metadata import read_metadata, tasks_problems
+from tflite_pipeline.tflite.flatbuffer import inspect_tflite, op_name, pack_model, read_flatbuffer
 
 LEGACY_PYTHON_ENV = "TFLITE_PIPELINE_LEGACY_PYTHON"
 
@@ -86,6 +86,7 @@ class Compatibility:
     checks: tuple[RuntimeCheck, ...] = ()
     not_checked: tuple[str, ...] = ()
     reference_outputs: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
+    tasks_problems: tuple[str, ...] = ()   # why MediaPipe Tasks' ImageClassifier cannot take it (empty: it can)
 
     @property
     def ok(self) -> bool:
@@ -99,16 +100,18 @@ class Compatibility:
 
 
 def format_compatibility(reports: Sequence[Compatibility]) -> str:
-    """A markdown table: one row per model, one column per runtime."""
+    """A markdown table: one row per model, one column per runtime, and whether MediaPipe Tasks can take it
+    (metadata, uint8/float32 RGB input; not a verdict: our app needs none of it)."""
     runtimes = list(dict.fromkeys(check.runtime for report in reports for check in report.checks))
-    lines = ["| model | ops (version) | converter's min runtime | " + " | ".join(runtimes) + " | verdict |",
-             "|---|---|---|" + "---|" * len(runtimes) + "---|"]
+    lines = ["| model | ops (version) | converter's min runtime | " + " | ".join(runtimes) + " | verdict | "
+             "MediaPipe Tasks |", "|---|---|---|" + "---|" * len(runtimes) + "---|---|"]
     for report in reports:
         cells = {check.runtime: check.summary() for check in report.checks}
         verdict = "ok" if report.ok else "NOT COMPATIBLE" + (": " + "; ".join(report.problems) if report.problems
                                                               else "")
         lines.append(f"| {Path(report.model).name} | {', '.join(report.ops)} | {report.min_runtime_version or '?'} | "
-                     + " | ".join(cells.get(runtime, "not checked") for runtime in runtimes) + f" | {verdict} |")
+                     + " | ".join(cells.get(runtime, "not checked") for runtime in runtimes) + f" | {verdict} | "
+                     + ("ready" if not report.tasks_problems else "no: " + "; ".join(report.tasks_problems)) + " |")
     skipped = sorted({note for report in reports for note in report.not_checked})
     return "\n".join(lines + [f"\nnot checked: {note}" for note in skipped])
 
@@ -140,13 +143,6 @@ def _single_op_model(model: schema.ModelT, code: schema.OperatorCodeT) -> bytes:
     return pack_model(probe)
 
 
-def pack_model(model: schema.ModelT) -> bytes:
-    """Serialize a (modified) model object tree back to `.tflite` bytes."""
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def _run_probe(python: Path, request: dict, work_dir: Path) -> dict:
     try:  # no module of this folder shadows the standard library (tests/test_api.py), so it runs in place
         done = subprocess.run([str(python), str(_PROBE_SCRIPT)], input=json.dumps(request), capture_output=True,
@@ -166,12 +162,14 @@ def _runtime_name(raw: str) -> str:
 
 
 def check_compatibility(models: Sequence[str | Path], *, inputs: Mapping[str, Sequence[np.ndarray]] | None = None,
-                        spec: PreprocessSpec | None = None, num_labels: int | None = None,
+                        spec: PreprocessSpec | Mapping[str, PreprocessSpec] | None = None,
+                        num_labels: int | None = None,
                         legacy_python: str | Path | bool | None = None) -> tuple[Compatibility, ...]:
     """Load every op and run every model in LiteRT (this environment) and in TFLite 2.14 (`legacy_python`;
     found by `find_legacy_python` when None, skipped when False). `inputs` maps a model path to raw input
-    tensors (a zero tensor when absent); the older runtime must give the same top-1 on them. With `spec`
-    and `num_labels`, the app's contract is checked too. Raises nothing for an incompatible model: read `.ok`.
+    tensors (a zero tensor when absent); the older runtime must give the same top-1 on them. With `spec` (one,
+    or one per model path) and `num_labels`, the app's contract is checked too. Raises nothing for an
+    incompatible model: read `.ok`.
     """
     legacy = None if legacy_python is False else find_legacy_python(legacy_python or None)
     runtimes = [sys.executable] + ([str(legacy)] if legacy else [])
@@ -205,11 +203,13 @@ def check_compatibility(models: Sequence[str | Path], *, inputs: Mapping[str, Se
             reference = [np.load(path) for path in results[0][1]["outputs"]]
             checks = [_runtime_check(name, result, reference) for name, result in results]
             info = infos[str(model_path)]
-            problems = contract_problems(info, spec, num_labels) if spec is not None and num_labels else []
+            model_spec = spec.get(str(model_path)) if isinstance(spec, Mapping) else spec
+            problems = contract_problems(info, model_spec, num_labels) if model_spec is not None and num_labels else []
             reports.append(Compatibility(
                 model=str(model_path), ops=tuple(f"{op.name} v{op.version}" for op in info.ops),
                 min_runtime_version=min_runtime_version(model_path), problems=tuple(problems),
-                checks=tuple(checks), not_checked=not_checked, reference_outputs=tuple(reference)))
+                checks=tuple(checks), not_checked=not_checked, reference_outputs=tuple(reference),
+                tasks_problems=tuple(tasks_problems(info, read_metadata(model_path)))))
     return tuple(reports)
 
 

@@ -51,7 +51,8 @@ def standalone_copy(model: keras.Model) -> keras.Model:
 
 def is_qat_model(model: keras.Model) -> bool:
     """Whether `model` holds tfmot's quantize wrappers (it then saves as .h5 and loads in the quantize scope)."""
-    return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) for layer in model.layers)
+    return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+               or (isinstance(layer, keras.Model) and is_qat_model(layer)) for layer in model.layers)
 
 
 def save_qat_model(model: keras.Model, path: str | Path) -> Path:

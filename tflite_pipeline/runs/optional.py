@@ -34,7 +34,7 @@ from tflite_pipeline.tflite.diagnose import (
     accuracy_budgeted_fallback,
     top1_evaluator,
 )
-from tflite_pipeline.tflite.flatbuffer import inspect_tflite
+from tflite_pipeline.tflite.flatbuffer import gzip_size, inspect_tflite
 from tflite_pipeline.tflite.parity import ParityRow, measure_parity
 
 
@@ -212,8 +212,9 @@ def export_for_microcontrollers(out: RunOutputs, optional: OptionalSteps) -> Non
     from tflite_pipeline.export.micro import MicroSource, export_models
 
     context, settings = out.context, out.context.recipe.micro
-    paths = tuple(out.folder.path(a.file) for a in out.artifacts
-                  if a.info.is_full_integer and a.info.inputs[0].dtype in ("int8", "uint8"))
+    other_input = out.input_specs()   # the pixels variant: the micro sources feed the run's preprocessing
+    paths = tuple(out.folder.path(a.file) for a in out.artifacts if a.variant not in other_input
+                  and a.info.is_full_integer and a.info.inputs[0].dtype in ("int8", "uint8"))
     validation = context.splits.validation
     images = validation.subset(settings.max_images) if settings.max_images else validation
     source = MicroSource(paths, tuple(context.splits.class_names), context.spec, images,
@@ -223,9 +224,63 @@ def export_for_microcontrollers(out: RunOutputs, optional: OptionalSteps) -> Non
     out.micro.extend(replace(e, folder=f"micro/{Path(e.folder).name}") for e in exports or ())
 
 
+# --- TFLite metadata -------------------------------------------------------------------------------------------
+
+def embed_run_metadata(out: RunOutputs, optional: OptionalSteps) -> None:
+    """TFLite metadata (labels, normalization) in every `.tflite` of the run (`convert.metadata`), each proven to
+    give bit-identical outputs on the validation images before its file is replaced; on any failure no file
+    changes."""
+    records = optional.run("metadata", _with_metadata, out)
+    out.metadata.extend(records or ())
+
+
+def _with_metadata(out: RunOutputs) -> list:
+    from tflite_pipeline import __version__
+    from tflite_pipeline.export.compatibility import outputs_are_probabilities
+    from tflite_pipeline.export.metadata import (
+        ClassifierMetadata,
+        MetadataRecord,
+        embed_metadata,
+        identical_outputs,
+        read_metadata,
+        tasks_problems,
+    )
+
+    context, other_input = out.context, out.input_specs()
+    labels = context.splits.class_names
+    embedded: dict[str, tuple[bytes, bytes, object]] = {}
+    for artifact in out.artifacts:
+        data, spec = out.flatbuffers[artifact.variant], other_input.get(artifact.variant, context.spec)
+        row = out.parity.row(artifact.variant) if any(r.variant == artifact.variant for r in out.parity.rows) else None
+        measured = (f" Top-1 {row.top1:.2%} on {out.parity.num_images} validation images (float Keras "
+                    f"{out.parity.keras_top1:.2%})." if row else "")
+        meta = ClassifierMetadata.for_classifier(
+            spec, labels, name=f"{out.name}_{artifact.variant}", version=__version__,
+            outputs_are_probabilities=outputs_are_probabilities(data),
+            description=f"Image classifier, {len(labels)} classes, {artifact.info.inputs[0].dtype} input "
+                        f"({spec.formula()}), made by tflite_pipeline {__version__} (run "
+                        f"{out.folder.final.name!r}, variant {artifact.variant}).{measured}")
+        embedded[artifact.variant] = (data, embed_metadata(data, meta), spec)
+    context.log(f"[metadata] {len(embedded)} model(s): labels and normalization embedded; checking the outputs are "
+                f"unchanged on {len(context.splits.validation)} validation images")
+    images = identical_outputs(embedded, context.splits.validation, context.recipe.verify.batch_size)
+    records = []
+    for index, artifact in enumerate(out.artifacts):
+        before, after, spec = embedded[artifact.variant]
+        out.folder.write_bytes(artifact.file, after)
+        out.flatbuffers[artifact.variant] = after
+        out.artifacts[index] = replace(artifact, size_bytes=len(after), gzip_bytes=gzip_size(after),
+                                       info=inspect_tflite(after))
+        records.append(MetadataRecord(artifact.variant, artifact.file, len(labels), spec.formula(),
+                                      len(after) - len(before), images,
+                                      tuple(tasks_problems(artifact.info, read_metadata(after)))))
+    return records
+
+
 OPTIONAL_STEPS: tuple[OptionalStep, ...] = (
     OptionalStep("diagnose", lambda recipe: recipe.diagnose.mode != "off",
                  diagnose_post_training_models),
     OptionalStep("latency", lambda recipe: recipe.bench.enabled, measure_latencies),
     OptionalStep("micro", lambda recipe: recipe.micro.enabled, export_for_microcontrollers),
+    OptionalStep("metadata", lambda recipe: recipe.convert.metadata, embed_run_metadata),
 )

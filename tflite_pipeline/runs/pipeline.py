@@ -323,7 +323,7 @@ def convert_verify_publish(trained: Trained, folder: RunFolder, clock: RunClock)
         with clock.step("verify"):
             log(f"[verify] {', '.join(out.flatbuffers)} vs float Keras on {len(splits.validation)} validation images")
             out.parity = measure_parity(trained.baseline, out.flatbuffers, splits.validation, spec, recipe.verify,
-                                        sources=out.sources, log=log)
+                                        sources=out.sources, input_specs=out.input_specs(), log=log)
         chance = 1.0 / len(splits.class_names)
         if out.parity.keras_top1 < 1.5 * chance:
             out.warnings.append(f"the float model scores {out.parity.keras_top1:.1%} (chance is {chance:.1%}); it is "
@@ -345,6 +345,9 @@ def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
     if any(job.kind in CALIBRATED_VARIANTS for job in out.jobs):
         out.representative = representative_dataset(out.context.calibration_images(), out.context.spec,
                                                     recipe.convert.calibration_samples)
+        if any(job.kind == "pixels" for job in out.jobs):
+            out.pixel_representative = representative_dataset(
+                out.context.calibration_images(), out.context.spec.folded(), recipe.convert.calibration_samples)
         if out.representative.num_samples < recipe.convert.calibration_samples:
             out.warnings.append(f"calibration used {out.representative.num_samples} images, fewer than the "
                                 f"{recipe.convert.calibration_samples} asked for")
@@ -358,7 +361,8 @@ def convert_jobs(out: RunOutputs, stages: tuple[StageOutput, ...]) -> None:
             log(f"[convert] {job.variant}{where}" + (f" ({out.representative.num_samples} calibration images"
                                                      + (f"; {techniques}" if techniques else "") + ")"
                                                      if job.kind in CALIBRATED_VARIANTS else ""))
-            data = convert(job.source_model(out.baseline), job.kind, representative=out.representative,
+            representative = out.pixel_representative if job.kind == "pixels" else out.representative
+            data = convert(job.converted_model(out.baseline, out.context.spec), job.kind, representative=representative,
                            io_dtype=recipe.convert.io_dtype, ptq=ptq, log=log, label=job.variant)
             file = f"{out.name}_{job.variant}.tflite"
             out.folder.write_bytes(file, data)
@@ -402,7 +406,7 @@ def build_report(trained: Trained, out: RunOutputs, optional: OptionalSteps, clo
                 *(s.record for s in trained.stages if s.record)),
         channels=stage_extra("channels"), lowrank=stage_extra("lowrank"), warnings=tuple(out.warnings),
         diagnoses=tuple(out.diagnoses), fallbacks=tuple(out.fallbacks), rankings=tuple(out.rankings),
-        micro=tuple(out.micro), machine=cpu_description(),
+        micro=tuple(out.micro), metadata=tuple(out.metadata), machine=cpu_description(),
         reused_stages=trained.reused)
 
 

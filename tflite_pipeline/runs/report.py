@@ -76,6 +76,7 @@ class RunReport:
     fallbacks: tuple[FallbackResult, ...] = ()
     rankings: tuple[OptionRanking, ...] = ()                # options measured for an int8 model that failed
     micro: tuple[Any, ...] = ()                             # export.micro.MicroExport per model ([micro])
+    metadata: tuple[Any, ...] = ()                          # export.metadata.MetadataRecord per .tflite
     machine: dict[str, Any] = field(default_factory=dict)   # bench.cpu_description(): where latency was measured
     channels: dict[str, Any] | None = None                  # channels.ChannelPlan.to_dict() of a thinned run
     lowrank: dict[str, Any] | None = None                   # lowrank.RankPlan.to_dict() of a factored run
@@ -94,7 +95,7 @@ class RunReport:
             "stages": [asdict(stage) for stage in self.stages],
             "diagnoses": [d.to_dict() for d in self.diagnoses], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "option_rankings": [r.to_dict() for r in self.rankings],
-            "micro": [m.to_dict() for m in self.micro],
+            "micro": [m.to_dict() for m in self.micro], "metadata": [m.to_dict() for m in self.metadata],
             "model": self.model, "data": self.data, "preprocessing": self.preprocessing,
             "seconds": self.seconds, "versions": self.versions, "recipe": self.recipe, "machine": self.machine,
             "channels": self.channels, "lowrank": self.lowrank, "reused_stages": list(self.reused_stages),
@@ -354,6 +355,14 @@ class RunReport:
                     lines += ["", cost]
         if self.micro:
             lines += self._micro_markdown()
+        if self.metadata:
+            from tflite_pipeline.export.metadata import format_metadata_table
+
+            lines += ["", "## TFLite metadata (MediaPipe Tasks, LiteRT support library)", "",
+                      "Labels (`labels.txt` packed into the file), the input image and its normalization, embedded in "
+                      "each `.tflite`; the outputs with and without metadata were compared bit for bit on the "
+                      "validation images. MediaPipe Tasks' ImageClassifier takes uint8 or float32 input: for int8 "
+                      "use the pixels variant.", "", format_metadata_table(self.metadata)]
         if self.figures_available:
             lines += ["", "## Plots", ""] + [f"![{title}]({file})" for file, title in self.figure_titles().items()]
         lines += ["", "## Preprocessing", "", f"`{self.preprocessing['formula']}` on "

@@ -19,6 +19,7 @@ from tflite_pipeline.config.sections import PreprocessConfig, VerifyConfig
 from tflite_pipeline.data.folders import ImageFolder, read_labels
 from tflite_pipeline.data.preprocess import PreprocessSpec
 from tflite_pipeline.errors import DataError, ModelError, OutputError, RecipeError
+from tflite_pipeline.export.metadata import input_spec, read_metadata
 from tflite_pipeline.model.files import load_model_file
 from tflite_pipeline.model.load import load_model
 from tflite_pipeline.model.properties import image_input_shape
@@ -105,7 +106,8 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
                  expected: Mapping[str, Expected] | None = None, log: Log = _stderr) -> ParityReport:
     """Verify `.tflite` files against a Keras model file on an image folder (its `validation/` split when
     it has one; class order from `labels`, else the folder's labels.txt, else sorted folder names); `expected`
-    top-1s (reference metrics, or what the run measured) are gated too. Returns the report; call `.check()`."""
+    top-1s (reference metrics, or what the run measured) are gated too. A `.tflite` whose TFLite metadata names
+    another normalization (the pixels variant: raw pixels) is fed that. Returns the report; call `.check()`."""
     model = load_model(keras_path, safe_mode=safe_mode)
     shape = image_input_shape(model)
     spec = preprocessing or PreprocessSpec.from_config(preprocess, shape)
@@ -117,7 +119,9 @@ def verify_files(keras_path: str | Path, tflite_paths: Mapping[str, str | Path],
     class_names = read_labels(labels) if labels is not None else None
     folder = ImageFolder.scan(root / "validation", class_names) if (root / "validation").is_dir() else \
         ImageFolder.scan(root, class_names)
-    return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, expected=expected, log=log)
+    input_specs = {name: input_spec(spec, read_metadata(path)) for name, path in tflite_paths.items()}
+    return measure_parity(model, tflite_paths, folder, spec, config, sources=sources, expected=expected,
+                          input_specs=input_specs, log=log)
 
 
 def verify(*paths: str | Path, data: str | Path | None = None, keras_model: str | Path | None = None,

@@ -186,6 +186,36 @@ def convert_int8(model: keras.Model, representative: RepresentativeDataset, *, i
     return flatbuffer
 
 
+def pixel_input_model(model: keras.Model, spec: PreprocessSpec) -> keras.Model:
+    """`model` behind one `Rescaling` layer doing `spec`'s normalization: a model that takes pixels (0-255 floats).
+    Returns `model` itself when it takes raw pixels already."""
+    if spec.normalization == "raw":
+        return model
+    mean, std = (np.broadcast_to(np.asarray(v, np.float64), (spec.channels,)) for v in spec.pixel_mean_std())
+    scale, offset = 1.0 / std, -mean / std
+    uniform = len(set(scale)) == 1 and len(set(offset)) == 1
+    inputs = keras.Input(spec.input_shape, name="pixels")
+    normalized = keras.layers.Rescaling(float(scale[0]) if uniform else scale.tolist(),
+                                        float(offset[0]) if uniform else offset.tolist(),
+                                        name="normalize_pixels")(inputs)
+    return keras.Model(inputs, model(normalized, training=False), name=model.name)
+
+
+def convert_pixels(model: keras.Model, representative: RepresentativeDataset, *, ptq: PTQConfig | None = None,
+                   log: Log | None = None) -> bytes:
+    """Full-integer int8 with uint8 I/O of a model that takes pixels (`pixel_input_model`), calibrated on raw
+    pixels (`representative_dataset` of `spec.folded()`): the input byte is the pixel, scale 1, zero point 0.
+    Raises `ConversionError` when the input quantization comes out otherwise (calibration that was not on raw
+    pixels)."""
+    data = convert_int8(model, representative, io_dtype="uint8", ptq=ptq, log=log)
+    tensor = inspect_tflite(data).inputs[0]
+    if (tensor.scale, tensor.zero_point) != (1.0, 0):
+        raise ConversionError(f"The pixels variant's input has scale {tensor.scale} and zero point "
+                              f"{tensor.zero_point}; expected 1 and 0 (uint8 pixels as they are). Calibrate it on raw "
+                              "pixels spanning 0-255 (representative_dataset with spec.folded()).")
+    return data
+
+
 def check_integer_only(flatbuffer: bytes, what: str) -> None:
     """Raise `ConversionError` naming the ops a `what` conversion left in float."""
     leftovers = inspect_tflite(flatbuffer).float_ops
@@ -252,8 +282,9 @@ def convert_dynamic_range(model: keras.Model, *, per_channel_dense: bool = False
 def convert_variant(model: keras.Model, variant: str, *, representative: RepresentativeDataset | None = None,
                     io_dtype: str = "int8", ptq: PTQConfig | None = None, log: Log | None = None,
                     label: str | None = None, summary: bool = True) -> bytes:
-    """Dispatch on the variant name: `float32`, `int8`, `float16`, `dynamic` or `int16x8`; `ptq` applies to int8.
-    NaN/Inf weights are a `ModelError`.
+    """Dispatch on the variant name: `float32`, `int8`, `pixels`, `float16`, `dynamic` or `int16x8`; `ptq` applies
+    to int8 and pixels (whose model and calibration take pixels: `pixel_input_model`). NaN/Inf weights are a
+    `ModelError`.
 
     Logs one line when done, `[convert] int8: 612.3 KiB in 18.2 s` (`label` names the variant there; to `log`,
     default stderr; not with `summary=False`); int8 calibration shows progress."""
@@ -284,6 +315,8 @@ def _convert_variant(model: keras.Model, variant: str, *, representative: Repres
             raise ConversionError(f"The {variant} variant needs a representative dataset (calibration images).")
         if variant == "int16x8":
             return convert_int16x8(model, representative, log=log)
+        if variant == "pixels":
+            return convert_pixels(model, representative, ptq=ptq, log=log)
         return convert_int8(model, representative, io_dtype=io_dtype, ptq=ptq, log=log)
     raise ConversionError(f"Received variant={variant!r}; expected one of {list(ALL_VARIANTS)}.")
 

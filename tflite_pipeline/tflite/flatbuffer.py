@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
@@ -121,6 +122,41 @@ class TFLiteInfo:
 def gzip_size(data: bytes) -> int:
     """Bytes after gzip -9: what a pruned or clustered model costs in an APK or a download."""
     return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+class _AlignedBuffer(schema.BufferT):
+    """A `BufferT` whose data packs 16-byte aligned, as the converter writes it (the generated `Pack` aligns to 1:
+    kernels that map weights in place, such as XNNPACK's, then have to copy them)."""
+
+    ALIGNMENT = 16
+
+    def Pack(self, builder: flatbuffers.Builder) -> int:
+        data = None
+        if self.data is not None and len(self.data):
+            payload = np.asarray(self.data, dtype=np.uint8).tobytes()
+            builder.StartVector(1, len(payload), self.ALIGNMENT)
+            builder.head -= len(payload)
+            builder.Bytes[builder.head:builder.head + len(payload)] = payload
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, self.offset)
+        schema.BufferAddSize(builder, self.size)
+        return schema.BufferEnd(builder)
+
+
+def pack_model(model: schema.ModelT) -> bytes:
+    """Serialize a (modified) model object tree back to `.tflite` bytes, weight buffers 16-byte aligned."""
+    for buffer in model.buffers or ():
+        buffer.__class__ = _AlignedBuffer
+    builder = flatbuffers.Builder(1024)
+    try:
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    finally:
+        for buffer in model.buffers or ():
+            buffer.__class__ = schema.BufferT
+    return bytes(builder.Output())
 
 
 def read_flatbuffer(source: str | Path | bytes) -> tuple[bytes, schema.ModelT]:

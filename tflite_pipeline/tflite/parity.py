@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,7 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
                    spec: PreprocessSpec, config: VerifyConfig = VerifyConfig(), *,
                    sources: Mapping[str, tuple[str, Any]] | None = None,
                    expected: Mapping[str, Expected] | None = None,
+                   input_specs: Mapping[str, PreprocessSpec] | None = None,
                    log: Callable[[str], None] = progress.log) -> ParityReport:
     """Run the float Keras model, each `.tflite` and each `.tflite`'s Keras source over `folder` in one pass.
 
@@ -233,7 +234,9 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     confusion matrix, and against the source: mean cosine similarity of the outputs and KL divergence
     of the probabilities. `expected` (`read_reference_metrics`, or the top-1 the run measured) adds: the float
     model and each `.tflite` must reproduce their expected top-1. And the float model's predictions must not be
-    a reordering of the labels. Returns the report whether or not it passes; call `.check()` to gate.
+    a reordering of the labels. `input_specs` names the `.tflite`s whose input takes another preprocessing of the
+    same pixels than `spec` (the pixels variant: raw pixels). Returns the report whether or not it passes; call
+    `.check()` to gate.
     Shows progress (images done / total, eta) and a summary line, to `log`.
     Raises `ModelError` for a class-count mismatch.
     """
@@ -255,18 +258,23 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
     keras_tally = {key: _Tally(num_classes) for key in kerases}
     tflite_tally = {name: _Tally(num_classes) for name in runners}
     labels: list[np.ndarray] = []
-    data_low, data_high = np.inf, -np.inf
+    specs = {name: (input_specs or {}).get(name, spec) for name in runners}
+    ranges = dict.fromkeys(runners, (np.inf, -np.inf))
+    pixel_spec = replace(spec, normalization="raw")  # every model's input is normalized from the same pixels
     with progress.bar("verify", len(folder), "images", log=log, inherit_step=True) as meter:
-        for images, batch_labels in folder.batches(spec, config.batch_size):
+        for pixels, batch_labels in folder.batches(pixel_spec, config.batch_size):
             labels.append(batch_labels)
-            data_low, data_high = min(data_low, float(images.min())), max(data_high, float(images.max()))
+            images = spec.normalize(pixels)
+            inputs = {name: images if specs[name] == spec else specs[name].normalize(pixels) for name in runners}
+            for name, x in inputs.items():
+                ranges[name] = min(ranges[name][0], float(x.min())), max(ranges[name][1], float(x.max()))
             keras_scores = {key: np.asarray(model(images, training=False)) for key, model in kerases.items()}
             for key, scores in keras_scores.items():
                 keras_tally[key].add(scores, batch_labels)
             # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once, at the first allocation
             with env.hidden_native_output(once="litert-delegate") if not meter.done else contextlib.nullcontext():
                 for name, runner in runners.items():
-                    scores = runner.predict(images)
+                    scores = runner.predict(inputs[name])
                     tflite_tally[name].add(scores, batch_labels)
                     key = source_of[name]
                     tflite_tally[name].compare(scores, keras_scores[key], softmax[key])
@@ -296,7 +304,7 @@ def measure_parity(keras_model, tflite_models: Mapping[str, str | Path | bytes],
         if missed_expected:
             failures.append(missed_expected)
         if failures:
-            failures.extend(_input_range_problem(runners[name].input_range, (data_low, data_high)))
+            failures.extend(_input_range_problem(runners[name].input_range, ranges[name]))
         rows.append(ParityRow(variant=name, top1=top1, top5=_in_topk(top, y), top1_drop=drop, agreement=agreement,
                               source_agreement=source_agreement, source=source_label, failures=tuple(failures),
                               source_cosine=tally.cosine_sum / len(y), source_kl=tally.kl_sum / len(y),
