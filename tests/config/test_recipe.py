@@ -10,7 +10,7 @@ pytestmark = pytest.mark.fast  # `make test-fast`: no model is built here
 
 def test_default_recipe_loads_by_name_and_is_frozen():
     recipe = tp.load_recipe("default")
-    assert recipe.model.source == "mobilenet_v2" and recipe.convert.variants == ("float32", "int8")
+    assert recipe.model.source == "mobilenet_v2" and recipe.convert.variants == ("float32", "int8", "pixels")
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.train.epochs = 3
 

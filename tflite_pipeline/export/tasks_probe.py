@@ -7,9 +7,11 @@ Standalone on purpose (mediapipe, numpy and Pillow only, no tflite_pipeline impo
 `tasks.check_tasks` writes the request and reads the answer. Besides classifying, it reads each model's
 metadata back with MediaPipe's own generated schema (an independent reader of what `metadata.py` wrote).
 
-Request: {"models": [str], "images": [str]}
-Answer:  {"mediapipe": "1.2.2", "models": [{"path", "error", "top1": [int], "names": [str],
+Request: {"models": [str], "images": [str], "pixels": npy path of uint8 RGB (N, h, w, 3) at the model's size}
+Answer:  {"mediapipe": "1.2.2", "models": [{"path", "error", "top1": [int], "names": [str], "top1_pixels": [int],
           "metadata": {"name", "labels_file", "mean", "std", "labels"} | null}]}
+`top1` is for the image files (MediaPipe resizes them), `top1_pixels` for the already resized pixels (the same
+bytes our LiteRT check feeds).
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ def _metadata(path: str) -> dict | None:
             "std": [float(v) for v in options.std] if options is not None else None}
 
 
-def _classify(path: str, images: list[str]) -> dict:
+def _classify(path: str, images: list[str], pixels) -> dict:
     import mediapipe as mp
     import numpy as np
     from mediapipe.tasks import python as tasks
     from mediapipe.tasks.python import vision
     from PIL import Image
 
-    entry: dict = {"path": path, "error": None, "top1": [], "names": []}
+    entry: dict = {"path": path, "error": None, "top1": [], "names": [], "top1_pixels": []}
     try:
         entry["metadata"] = _metadata(path)
     except Exception as error:  # reported, not fatal: the classifier may still run
@@ -77,15 +79,21 @@ def _classify(path: str, images: list[str]) -> dict:
             best = result.classifications[0].categories[0]
             entry["top1"].append(int(best.index))
             entry["names"].append(best.category_name or "")
+        for rgb in pixels:
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)))
+            entry["top1_pixels"].append(int(result.classifications[0].categories[0].index))
     return entry
 
 
 def main() -> int:
     from importlib import metadata
 
+    import numpy as np
+
     request = json.load(sys.stdin)
+    pixels = np.load(request["pixels"]) if request.get("pixels") else []
     answer = {"mediapipe": metadata.version("mediapipe"),
-              "models": [_classify(path, request["images"]) for path in request["models"]]}
+              "models": [_classify(path, request["images"], pixels) for path in request["models"]]}
     json.dump(answer, sys.stdout)
     return 0
 
