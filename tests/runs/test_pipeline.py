@@ -10,10 +10,10 @@ import tflite_pipeline as tp
 from tflite_pipeline.cli import main
 from tflite_pipeline.files import atomic_write_bytes
 
-EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_float.keras",
-                  "labels.txt", "preprocessing.json", "report.json", "manifest.json", "report.md", "report.html",
-                  "report_accuracy_vs_size.png", "report_accuracy_vs_latency.png", "report_stages.png",
-                  "report_per_class.png"}
+EXPECTED_FILES = {"mobilenet_v2_float32.tflite", "mobilenet_v2_int8.tflite", "mobilenet_v2_pixels.tflite",
+                  "mobilenet_v2_float.keras", "labels.txt", "preprocessing.json", "report.json", "manifest.json",
+                  "report.md", "report.html", "report_accuracy_vs_size.png", "report_accuracy_vs_latency.png",
+                  "report_stages.png", "report_per_class.png"}
 
 
 def test_run_folder_holds_every_artifact(tiny_run):
@@ -33,7 +33,7 @@ def test_report_json_and_markdown_agree(tiny_run):
     report = json.loads((tiny_run.run_dir / "report.json").read_text())
     assert report["data"]["train"] == 300  # the tiny model's gate is open (conftest): `passed` is not asserted here
     assert report["passed"] == all(not row["failures"] for row in report["parity"]["rows"])
-    assert {a["variant"] for a in report["artifacts"]} == {"float32", "int8"}
+    assert {a["variant"] for a in report["artifacts"]} == {"float32", "int8", "pixels"}
     int8 = next(a for a in report["artifacts"] if a["variant"] == "int8")
     assert int8["info"]["is_full_integer"] and 0 < int8["gzip_bytes"] < int8["size_bytes"]
     assert report["versions"]["tensorflow"].startswith("2.21") and report["recipe"]["train"]["epochs"] == 2
@@ -146,7 +146,7 @@ def test_the_ptq_path_is_reproducible_byte_for_byte(tiny_recipe, tmp_path):
     first = tp.run(recipe, output_dir=tmp_path, run_name="a", log=lambda _: None)
     second = tp.run(recipe.with_overrides({"convert.isolate": True}), output_dir=tmp_path, run_name="b",
                     log=lambda _: None)
-    for variant in ("float32", "int8"):
+    for variant in ("float32", "int8", "pixels"):
         assert first.tflite_path(variant).read_bytes() == second.tflite_path(variant).read_bytes()
     reports = [json.loads((r.run_dir / "report.json").read_text()) for r in (first, second)]
     for report in reports:

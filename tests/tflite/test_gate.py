@@ -34,9 +34,11 @@ def test_the_reference_model_passes_the_default_gate_and_reproduces_its_referenc
     assert report["parity"]["keras_top1"] == pytest.approx(keras["top1"], abs=keras["tolerance"])
     assert report["parity"]["keras_top1"] >= 0.80  # far above the 10% of chance: the gate's thresholds bind
     assert 100_000 < MODEL.stat().st_size < 2_000_000  # small enough to commit
+    assert {"float32", "int8"} <= {row["variant"] for row in report["parity"]["rows"]}
     for row in report["parity"]["rows"]:
-        expected = reference[row["variant"]]
-        assert row["top1"] == pytest.approx(expected["top1"], abs=expected["tolerance"]), row["variant"]
+        expected = reference.get(row["variant"])   # the pixels variant has no stored figure: the gate holds it
+        if expected is not None:
+            assert row["top1"] == pytest.approx(expected["top1"], abs=expected["tolerance"]), row["variant"]
         assert row["agreement"] >= 0.98 and row["failures"] == []
 
 

@@ -59,7 +59,7 @@ class ClassifierMetadata:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]          # empty when read from a file whose labels.txt was lost (a repacked model)
     outputs_are_probabilities: bool = True
     version: str = ""
     author: str = "tflite_pipeline"
@@ -77,7 +77,7 @@ class ClassifierMetadata:
         if any(s == 0 for s in self.std):
             raise DataError(f"Received std={self.std}; a normalization std of 0 divides by zero.")
         bad = [label for label in self.labels if not label or "\n" in label or "\r" in label]
-        if not self.labels or bad:
+        if bad:
             raise DataError(f"Received labels {list(self.labels)[:5]}...; expected one non-empty, single-line "
                             "name per class.")
 
@@ -200,6 +200,8 @@ def embed_metadata(flatbuffer: bytes, meta: ClassifierMetadata) -> bytes:
     if shape[1:] != [meta.height, meta.width, meta.channels]:
         raise DataError(f"Received metadata for a {meta.height}x{meta.width}x{meta.channels} image; the model's "
                         f"input is {shape}.")
+    if not meta.labels:
+        raise DataError("Received no labels; image classifier metadata names every class (labels.txt).")
     if classes != len(meta.labels):
         raise DataError(f"Received {len(meta.labels)} labels for a model with {classes} outputs; labels.txt must "
                         "name every class in output order.")

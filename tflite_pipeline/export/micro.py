@@ -36,6 +36,7 @@ from tflite_pipeline.errors import BudgetError, CompatibilityError, DataError, D
 from tflite_pipeline.export import micro_sources as sources
 from tflite_pipeline.export.boards import MicroBudget, micro_budget
 from tflite_pipeline.export.compatibility import NUMPY_DTYPES, outputs_are_probabilities
+from tflite_pipeline.export.metadata import input_spec, read_metadata
 from tflite_pipeline.export.tflm_ops import RESOLVER_METHODS
 from tflite_pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, temporary_dir
 from tflite_pipeline.tflite.flatbuffer import TFLiteInfo, inspect_tflite
@@ -396,6 +397,12 @@ def open_micro_source(source: Path, names: Sequence[str] | None = None, images: 
         raise DataError(f"No preprocessing for {source.name}: {str(spec_file)!r} is missing; pass --preprocessing "
                         "PREPROCESSING.json (a run folder's).")
     spec = PreprocessSpec.read_json(spec_file)
+    other_input = [p for p in chosen if input_spec(spec, read_metadata(p)) is not spec]  # the pixels variant
+    if source.is_dir() and not names:
+        chosen = [p for p in chosen if p not in other_input]
+    elif other_input:
+        raise DataError(f"{[p.name for p in other_input]} take another preprocessing than {spec_file.name} "
+                        f"({spec.formula()}); the micro export feeds that one. Export the int8 model instead.")
     labels_file = Path(labels) if labels is not None else folder / "labels.txt"
     if not labels_file.is_file() and images is not None and (Path(images) / "labels.txt").is_file():
         labels_file = Path(images) / "labels.txt"

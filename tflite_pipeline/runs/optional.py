@@ -258,8 +258,8 @@ def _with_metadata(out: RunOutputs) -> list:
             spec, labels, name=f"{out.name}_{artifact.variant}", version=__version__,
             outputs_are_probabilities=outputs_are_probabilities(data),
             description=f"Image classifier, {len(labels)} classes, {artifact.info.inputs[0].dtype} input "
-                        f"({spec.formula()}), made by tflite_pipeline {__version__} (run "
-                        f"{out.folder.final.name!r}, variant {artifact.variant}).{measured}")
+                        f"({spec.formula()}), made by tflite_pipeline {__version__} (variant "
+                        f"{artifact.variant}).{measured}")
         embedded[artifact.variant] = (data, embed_metadata(data, meta), spec)
     context.log(f"[metadata] {len(embedded)} model(s): labels and normalization embedded; checking the outputs are "
                 f"unchanged on {len(context.splits.validation)} validation images")

@@ -137,12 +137,15 @@ def convert(model: str | Path, data: str | Path, *, variants: tuple[str, ...] = 
             skip_bad_images: bool = False, log: Log = _stderr) -> RunResult:
     """Convert a trained Keras model file (no training) to `variants` and verify them on `data` (DIR/<class>/*,
     or DIR/{validation,calibration}/<class>/*): `run` with the default recipe and `train.epochs = 0`.
-    `overrides` are further recipe keys (`preprocess.*`, `verify.*`, ...). The run folder is named after the
-    model file unless `run_name` is given."""
+    `overrides` are further recipe keys (`preprocess.*`, `verify.*`, `ptq.*`, ...); the default recipe's bias
+    correction (the demo's) is off unless asked for. The run folder is named after the model file unless `run_name`
+    is given."""
     settings: dict[str, object] = {
         "model.source": str(model), "data.root": str(data), "train.epochs": 0, "convert.variants": list(variants),
         "convert.io_dtype": io_dtype, "convert.calibration_samples": calibration_samples,
-        "model.safe_mode": safe_mode, "data.skip_bad_images": skip_bad_images, **dict(overrides or {})}
+        "model.safe_mode": safe_mode, "data.skip_bad_images": skip_bad_images,
+        "ptq.bias_correction": False,   # the demo's choice (default.toml); a user's model starts from plain PTQ
+        **dict(overrides or {})}
     if labels is not None:
         settings["data.labels"] = str(Path(labels).resolve())
     recipe = load_recipe("default").with_overrides(settings)

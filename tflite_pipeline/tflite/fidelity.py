@@ -166,8 +166,9 @@ class Statistics:
                  histograms: bool, keep_inputs: int, log: Log | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True, num_threads=2)
-        interpreter.allocate_tensors()
+        with env.hidden_native_output(once="litert-delegate"):  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True, num_threads=2)
+            interpreter.allocate_tensors()
         entry = interpreter.get_input_details()[0]["index"]
         self.edges = {i: np.linspace(*calibrated.recorded_range(i), HISTOGRAM_BINS + 1)
                       for i in (calibrated.range_tensors if histograms else ())}
@@ -384,16 +385,22 @@ def place_weights(calibrated: CalibratedModel, stats: Statistics | None, config:
 
 
 def quantized_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
-    """Each conv/depthwise/dense op's int8 weights in a quantized `.tflite`, by the op's output tensor name."""
+    """Each conv/depthwise/dense op's int8 weights in a quantized `.tflite`, by the op's output tensor name. A layer
+    whose output is the graph's, requantized for uint8 I/O, is found under the name too: the converter gives it to
+    the QUANTIZE op it appends (a logits model's last Dense)."""
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     graph = model.subgraphs[0]
-    found = {}
+    found, by_tensor = {}, {}
     for op in graph.operators:
         if op_name(model.operatorCodes[op.opcodeIndex]) in _LAYER_OPS and len(op.inputs) > 1:
             t = graph.tensors[op.inputs[1]]
             data = model.buffers[t.buffer].data
             if t.type == schema.TensorType.INT8 and data is not None:
-                found[graph.tensors[op.outputs[0]].name.decode()] = np.frombuffer(bytes(data), np.int8).reshape(t.shape)
+                weights = np.frombuffer(bytes(data), np.int8).reshape(t.shape)
+                found[graph.tensors[op.outputs[0]].name.decode()] = by_tensor[int(op.outputs[0])] = weights
+    for op in graph.operators:
+        if op_name(model.operatorCodes[op.opcodeIndex]) == "QUANTIZE" and int(op.inputs[0]) in by_tensor:
+            found.setdefault(graph.tensors[op.outputs[0]].name.decode(), by_tensor[int(op.inputs[0])])
     return found
 
 

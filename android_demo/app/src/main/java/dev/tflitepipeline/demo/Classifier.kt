@@ -42,7 +42,7 @@ class Classifier(
     private val interpreter: Interpreter
     val input: TensorSpec
     val output: TensorSpec
-    private val normalization: Normalization = config.normalization
+    private val normalization: Normalization = config.normalizationFor(fileName)
     private val outputsAreProbabilities: Boolean
     private val inputBuffer: ByteBuffer
     private val outputBuffer: ByteBuffer

@@ -8,7 +8,9 @@ class ModelEntry(
     val file: String,
     val input: TensorSpec,
     val output: TensorSpec,
-    val outputsAreProbabilities: Boolean
+    val outputsAreProbabilities: Boolean,
+    /** This model's own normalization (the pixels variant: raw), or null to use the config's. */
+    val normalization: Normalization? = null
 ) {
     val name: String get() = file.substringAfterLast('/')
 }
@@ -26,6 +28,9 @@ class ModelConfig(
     /** The entry for an asset file name ("mobilenet_v2_int8.tflite"), or null for a model not exported. */
     fun entryFor(fileName: String): ModelEntry? = models.firstOrNull { it.name == fileName }
 
+    /** The normalization a model's input takes: its entry's own, else the config's. */
+    fun normalizationFor(fileName: String): Normalization = entryFor(fileName)?.normalization ?: normalization
+
     companion object {
         const val FORMAT = "tflite_pipeline.model_config/1"
 
@@ -34,18 +39,21 @@ class ModelConfig(
             val root = JSONObject(text)
             val format = root.optString("format")
             require(format == FORMAT) { "model_config.json has format '$format'; this app reads '$FORMAT'." }
-            val pre = root.getJSONObject("preprocessing")
-            val normalization = Normalization(pre.getString("normalization"), floats(pre, "mean"), floats(pre, "std"))
+            val normalization = normalization(root.getJSONObject("preprocessing"))
             val models = root.getJSONArray("models")
             val entries = (0 until models.length()).map { i ->
                 val model = models.getJSONObject(i)
                 ModelEntry(model.getString("file"), tensor(model.getJSONObject("input")),
-                    tensor(model.getJSONObject("output")), model.optBoolean("outputs_are_probabilities", false))
+                    tensor(model.getJSONObject("output")), model.optBoolean("outputs_are_probabilities", false),
+                    model.optJSONObject("preprocessing")?.let { normalization(it) })
             }
             ModelConfig(root.getString("labels_file"), root.getInt("num_classes"), normalization, entries)
         } catch (error: JSONException) {
             throw IllegalArgumentException("model_config.json is not valid: ${error.message}", error)
         }
+
+        private fun normalization(pre: JSONObject): Normalization =
+            Normalization(pre.getString("normalization"), floats(pre, "mean"), floats(pre, "std"))
 
         private fun floats(obj: JSONObject, key: String): FloatArray {
             val array = obj.optJSONArray(key) ?: return FloatArray(0)

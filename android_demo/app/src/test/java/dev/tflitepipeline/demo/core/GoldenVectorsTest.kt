@@ -38,6 +38,7 @@ class GoldenVectorsTest {
         assertNull(Labels.check(labels, config.numClasses))
         val cases = golden.getJSONArray("cases")
         assertEquals(true, cases.length() > 0)
+        var pixelCases = 0
         for (i in 0 until cases.length()) {
             val case = cases.getJSONObject(i)
             val entry = config.entryFor(case.getString("model")) ?: throw AssertionError("no config for $case")
@@ -49,8 +50,14 @@ class GoldenVectorsTest {
                     ((rgb[3 * p + 1].toInt() and 0xFF) shl 8) or (rgb[3 * p + 2].toInt() and 0xFF)
             }
             val input = ByteBuffer.allocate(entry.input.byteCount).order(ByteOrder.LITTLE_ENDIAN)
-            Preprocessing.fillInput(argb, entry.input, config.normalization, input)
+            val normalization = config.normalizationFor(entry.name)
+            Preprocessing.fillInput(argb, entry.input, normalization, input)
             assertArrayEquals("input bytes of $what", File(goldenDir, case.getString("input")).readBytes(), input.array())
+            if (entry.input.type == TensorType.UINT8 && entry.input.scale == 1f && entry.input.zeroPoint == 0 &&
+                normalization.kind == "raw") {
+                assertArrayEquals("the pixels variant's input is the RGB bytes as they are ($what)", rgb, input.array())
+                pixelCases++
+            }
 
             val raw = ByteBuffer.wrap(File(goldenDir, case.getString("output")).readBytes()).order(ByteOrder.LITTLE_ENDIAN)
             val scores = Postprocessing.scores(raw, entry.output)
@@ -64,5 +71,10 @@ class GoldenVectorsTest {
             val predictions = Postprocessing.predictions(scores, labels, 3, entry.outputsAreProbabilities)
             assertEquals(case.getJSONArray("top3_labels").getString(0), predictions[0].label)
         }
+        val pixelModels = config.models.count {
+            it.input.type == TensorType.UINT8 && it.input.scale == 1f && it.input.zeroPoint == 0 &&
+                config.normalizationFor(it.name).kind == "raw"
+        }
+        assertEquals("golden cases of the pixels variant (a byte copy)", pixelModels > 0, pixelCases > 0)
     }
 }
