@@ -26,5 +26,5 @@ tests="$here/app/src/test/java/dev/tflitepipeline/demo/core"
 kotlinc "$core"/*.kt "$tests"/*.kt -cp "$classpath" -d "$out" 2>&1 | grep -v -e "^OpenJDK.*deprecated" -e "^warning:" || true
 [ -n "$(ls "$out"/dev/tflitepipeline/demo/core/*Test.class 2>/dev/null)" ] || { echo "compilation failed" >&2; exit 1; }
 classes=$(cd "$out" && ls dev/tflitepipeline/demo/core/*Test.class | sed 's/\.class$//; s#/#.#g')
-exec java -Dgolden.dir="$golden" -Dassets.dir="$assets" -Dgolden.required="$required" \
+exec java -Dfixtures.dir="$here/app/src/test/resources" -Dgolden.dir="$golden" -Dassets.dir="$assets" -Dgolden.required="$required" \
   -cp "$out:$classpath:$jars/kotlin-stdlib.jar" org.junit.runner.JUnitCore $classes

@@ -115,6 +115,13 @@ def test_kotlin_logic_matches_the_python_golden_vectors_on_the_jvm(exported):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     tests_run = int(re.search(r"OK \((\d+) tests\)", done.stdout).group(1))
     assert tests_run >= 20
+    cases, from_metadata = map(int, re.search(r"golden vectors: (\d+) cases, \d+ of the pixels variant, (\d+) read "
+                                              r"from metadata", done.stdout).groups())
+    config = json.loads((exported.app_dir / ASSETS_DIR / "model_config.json").read_text())
+    with_metadata = {m["file"].split("/")[-1] for m in config["models"] if m["has_metadata"]}  # not the added int16x8
+    golden = json.loads((exported.golden / "golden.json").read_text())["cases"]
+    assert len(golden) == cases and with_metadata
+    assert from_metadata == sum(case["model"] in with_metadata for case in golden)  # same bytes from the file alone
 
 
 def test_reexport_removes_models_the_previous_export_wrote(exported, run_dir, legacy_python):

@@ -5,12 +5,14 @@ import android.graphics.Bitmap
 import android.os.SystemClock
 import dev.tflitepipeline.demo.core.Labels
 import dev.tflitepipeline.demo.core.ModelConfig
+import dev.tflitepipeline.demo.core.ModelContract
 import dev.tflitepipeline.demo.core.Normalization
 import dev.tflitepipeline.demo.core.Postprocessing
 import dev.tflitepipeline.demo.core.Prediction
 import dev.tflitepipeline.demo.core.Preprocessing
 import dev.tflitepipeline.demo.core.TensorSpec
 import dev.tflitepipeline.demo.core.TensorType
+import dev.tflitepipeline.demo.core.TfliteMetadata
 import java.io.Closeable
 import java.io.FileInputStream
 import java.nio.ByteBuffer
@@ -29,21 +31,25 @@ class Classification(val top: List<Prediction>, val inferenceMs: Double, val tot
  * takes no int16 ops, so an int16x8 model runs on LiteRT's builtin kernels).
  * Everything about the input comes from the model: shape, dtype, scale and zero point are read from the
  * input tensor and the buffer is sized from its byte count; only normalization and labels come from the
- * exported model_config.json and labels.txt. Not thread-safe: use it from one background thread, and
- * close it before loading another model.
+ * exported model_config.json and labels.txt, or, for a model without a config entry, from its own TFLite
+ * metadata (`ModelContract.resolve`). Not thread-safe: use it from one background thread, and close it
+ * before loading another model.
  */
 class Classifier(
     assets: AssetManager,
     val fileName: String,
-    config: ModelConfig,
-    private val labels: List<String>,
+    config: ModelConfig?,
+    configLabels: List<String>?,
     threads: Int
 ) : Closeable {
     private val interpreter: Interpreter
     val input: TensorSpec
     val output: TensorSpec
-    private val normalization: Normalization = config.normalizationFor(fileName)
+    private val normalization: Normalization
+    private val labels: List<String>
     private val outputsAreProbabilities: Boolean
+    /** Where the normalization and labels came from: model_config.json or the model's TFLite metadata. */
+    val contractSource: String
     private val inputBuffer: ByteBuffer
     private val outputBuffer: ByteBuffer
 
@@ -53,11 +59,16 @@ class Classifier(
             input = spec(interpreter.getInputTensor(0))
             output = spec(interpreter.getOutputTensor(0))
             input.imageSize() // fails here, with the shape, for a model that does not take an image
+            val contract = ModelContract.resolve(fileName, input.type, config, configLabels) {
+                TfliteMetadata.read(assets.open("$MODELS_DIR/$fileName").use { it.readBytes() })
+            }
+            normalization = contract.normalization
+            labels = contract.labels
+            outputsAreProbabilities = contract.outputsAreProbabilities
+            contractSource = contract.source
             Labels.check(labels, output.elementCount)?.let { throw IllegalArgumentException(it) }
             inputBuffer = ByteBuffer.allocateDirect(interpreter.getInputTensor(0).numBytes()).order(ByteOrder.nativeOrder())
             outputBuffer = ByteBuffer.allocateDirect(interpreter.getOutputTensor(0).numBytes()).order(ByteOrder.nativeOrder())
-            // A model exported by the pipeline says whether it ends in softmax; another one is shown as logits -> softmax.
-            outputsAreProbabilities = config.entryFor(fileName)?.outputsAreProbabilities ?: false
         } catch (error: RuntimeException) {
             interpreter.close()
             throw error
@@ -109,7 +120,7 @@ class Classifier(
 
     companion object {
         const val MODELS_DIR = "models"
-        const val CONFIG_FILE = "model_config.json"
+        const val CONFIG_FILE = ModelConfig.FILE_NAME
 
         private fun spec(tensor: Tensor): TensorSpec {
             val type = when (tensor.dataType()) {

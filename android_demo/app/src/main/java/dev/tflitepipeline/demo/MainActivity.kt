@@ -24,14 +24,15 @@ import java.util.concurrent.Executors
 /**
  * Pick a model from assets/models/ and a thread count, pick an image, see the top-3 with scores, the
  * inference time and the end-to-end time. Inference runs on one background thread; switching the model
- * or the thread count closes the old interpreter before the new one is made. Errors (no config, a labels
- * count that does not match the model, a model that does not take an image) are shown, not thrown.
+ * or the thread count closes the old interpreter before the new one is made. model_config.json is optional: a
+ * model without an entry runs from its TFLite metadata. Errors (neither config nor metadata, a labels count that
+ * does not match the model, a model that does not take an image) are shown, not thrown.
  */
 class MainActivity : ComponentActivity() {
     private val worker: ExecutorService = Executors.newSingleThreadExecutor()
     private var classifier: Classifier? = null          // touched on the worker thread only
     private var config: ModelConfig? = null
-    private var labels: List<String> = emptyList()
+    private var labels: List<String>? = null
     private var bitmap: Bitmap? = null
     private lateinit var info: TextView
     private lateinit var result: TextView
@@ -58,13 +59,15 @@ class MainActivity : ComponentActivity() {
             info.setText(R.string.no_models)
             return
         }
-        try {
-            val parsed = ModelConfig.parse(assets.open(Classifier.CONFIG_FILE).bufferedReader().use { it.readText() })
-            config = parsed
-            labels = Labels.parse(assets.open(parsed.labelsFile).bufferedReader().use { it.readText() })
-        } catch (error: Exception) {
-            info.text = "Cannot read ${Classifier.CONFIG_FILE} or the labels: ${error.message}"
-            return
+        if (Classifier.CONFIG_FILE in (assets.list("") ?: emptyArray())) {
+            try {  // without it, each model must carry TFLite metadata
+                val parsed = ModelConfig.parse(assets.open(Classifier.CONFIG_FILE).bufferedReader().use { it.readText() })
+                config = parsed
+                labels = Labels.parse(assets.open(parsed.labelsFile).bufferedReader().use { it.readText() })
+            } catch (error: Exception) {
+                info.text = "Cannot read ${Classifier.CONFIG_FILE} or the labels: ${error.message}"
+                return
+            }
         }
         modelSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, models)
         threadsSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, THREADS)
@@ -77,18 +80,18 @@ class MainActivity : ComponentActivity() {
     }
 
     private fun loadModel() {
-        val parsed = config ?: return
         val name = modelSpinner.selectedItem as String
         val threads = threadsSpinner.selectedItem as Int
         worker.execute {
             classifier?.close()
             classifier = null
             val message = try {
-                val loaded = Classifier(assets, name, parsed, labels, threads)
+                val loaded = Classifier(assets, name, config, labels, threads)
                 classifier = loaded
                 "$name: input ${loaded.input.shape.contentToString()} ${loaded.input.type.label}" +
                     (if (loaded.input.type.isQuantized) " (scale ${loaded.input.scale}, zero point ${loaded.input.zeroPoint})" else "") +
-                    ", output ${loaded.output.shape.contentToString()} ${loaded.output.type.label}, $threads thread(s)"
+                    ", output ${loaded.output.shape.contentToString()} ${loaded.output.type.label}, $threads thread(s)" +
+                    "; labels and normalization from ${loaded.contractSource}"
             } catch (error: Exception) {
                 "Cannot use $name: ${error.message}"
             }

@@ -33,6 +33,7 @@ class ModelConfig(
 
     companion object {
         const val FORMAT = "tflite_pipeline.model_config/1"
+        const val FILE_NAME = "model_config.json"
 
         /** Parse the JSON text; throws IllegalArgumentException naming the missing or wrong field. */
         fun parse(text: String): ModelConfig = try {
@@ -66,6 +67,47 @@ class ModelConfig(
             return TensorSpec(IntArray(shape.length()) { shape.getInt(it) }, type,
                 if (obj.isNull("scale")) 0f else obj.getDouble("scale").toFloat(),
                 if (obj.isNull("zero_point")) 0 else obj.getInt("zero_point"))
+        }
+    }
+}
+
+/**
+ * What the app needs beside the model file: its input normalization, the labels and whether the output is softmax
+ * probabilities, with where they came from. A model's model_config.json entry wins; a model without one takes them
+ * from its TFLite metadata; a model with neither takes the config's preprocessing and labels, its output read as logits.
+ */
+class ModelContract(
+    val normalization: Normalization,
+    val labels: List<String>,
+    val outputsAreProbabilities: Boolean,
+    val source: String
+) {
+    companion object {
+        /**
+         * The contract of `fileName` (an asset file name) whose input tensor is `inputType`; `config` and
+         * `configLabels` are null when the app has no model_config.json, `metadata` reads the model's own.
+         * Throws IllegalArgumentException saying what is missing.
+         */
+        fun resolve(fileName: String, inputType: TensorType, config: ModelConfig?, configLabels: List<String>?,
+                    metadata: () -> TfliteMetadata?): ModelContract {
+            val entry = config?.entryFor(fileName)
+            if (config != null && configLabels != null && entry != null) {
+                return ModelContract(config.normalizationFor(fileName), configLabels, entry.outputsAreProbabilities,
+                    ModelConfig.FILE_NAME)
+            }
+            val own = metadata()
+            if (own != null && own.labels.isNotEmpty()) {
+                val normalization = own.normalization ?: if (inputType.isQuantized) Normalization("raw") else
+                    throw IllegalArgumentException("$fileName has a float32 input but its TFLite metadata states no " +
+                        "normalization (NormalizationOptions): export it with tflite-pipeline, or add the metadata.")
+                return ModelContract(normalization, own.labels, own.outputsAreProbabilities, "TFLite metadata")
+            }
+            if (config != null && configLabels != null) {
+                return ModelContract(config.normalization, configLabels, false, "${ModelConfig.FILE_NAME} defaults")
+            }
+            throw IllegalArgumentException("$fileName has no ${ModelConfig.FILE_NAME} entry and no TFLite metadata " +
+                "with labels: export it with tflite-pipeline export-android, or embed metadata (tflite-pipeline " +
+                "convert writes it).")
         }
     }
 }

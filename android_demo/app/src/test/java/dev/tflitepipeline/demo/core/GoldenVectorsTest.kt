@@ -39,6 +39,7 @@ class GoldenVectorsTest {
         val cases = golden.getJSONArray("cases")
         assertEquals(true, cases.length() > 0)
         var pixelCases = 0
+        var metadataCases = 0
         for (i in 0 until cases.length()) {
             val case = cases.getJSONObject(i)
             val entry = config.entryFor(case.getString("model")) ?: throw AssertionError("no config for $case")
@@ -53,6 +54,18 @@ class GoldenVectorsTest {
             val normalization = config.normalizationFor(entry.name)
             Preprocessing.fillInput(argb, entry.input, normalization, input)
             assertArrayEquals("input bytes of $what", File(goldenDir, case.getString("input")).readBytes(), input.array())
+            // The same bytes from the model file alone (its metadata), as for a model without a config entry.
+            val model = File(assetsDir, entry.file)
+            val metadata = if (model.isFile) TfliteMetadata.read(model.readBytes()) else null
+            if (metadata != null) {
+                assertEquals("labels in $what's metadata", labels, metadata.labels)
+                assertEquals("softmax or logits in $what's metadata", entry.outputsAreProbabilities,
+                    metadata.outputsAreProbabilities)
+                val fromFile = ByteBuffer.allocate(entry.input.byteCount).order(ByteOrder.LITTLE_ENDIAN)
+                Preprocessing.fillInput(argb, entry.input, metadata.normalization!!, fromFile)
+                assertArrayEquals("input bytes of $what from its metadata", input.array(), fromFile.array())
+                metadataCases++
+            }
             if (entry.input.type == TensorType.UINT8 && entry.input.scale == 1f && entry.input.zeroPoint == 0 &&
                 normalization.kind == "raw") {
                 assertArrayEquals("the pixels variant's input is the RGB bytes as they are ($what)", rgb, input.array())
@@ -76,5 +89,6 @@ class GoldenVectorsTest {
                 config.normalizationFor(it.name).kind == "raw"
         }
         assertEquals("golden cases of the pixels variant (a byte copy)", pixelModels > 0, pixelCases > 0)
+        println("golden vectors: ${cases.length()} cases, $pixelCases of the pixels variant, $metadataCases read from metadata")
     }
 }
