@@ -28,6 +28,16 @@ class TfliteMetadata(
         private const val GRAYSCALE = 2             // ColorSpaceType
         private const val TENSOR_AXIS_LABELS = 2    // AssociatedFileType
 
+        // Field offsets of a zip central-directory header (PKWARE APPNOTE 4.3.12), in hex as in zip dumps.
+        private const val CENTRAL_METHOD = 0x0A
+        private const val CENTRAL_PACKED_SIZE = 0x14
+        private const val CENTRAL_UNPACKED_SIZE = 0x18
+        private const val CENTRAL_NAME_LENGTH = 0x1C
+        private const val CENTRAL_EXTRA_LENGTH = 0x1E
+        private const val CENTRAL_COMMENT_LENGTH = 0x20
+        private const val CENTRAL_LOCAL_OFFSET = 0x2A
+        private const val CENTRAL_HEADER_SIZE = 0x2E
+
         /** The metadata of a `.tflite`'s bytes, or null when it has none; IllegalArgumentException when damaged. */
         fun read(model: ByteArray): TfliteMetadata? {
             val flat = Flatbuffer(model, "the model")
@@ -100,13 +110,13 @@ class TfliteMetadata(
             var at = le32(bytes, end + 16)
             val files = LinkedHashMap<String, ByteArray>()
             repeat(count) {
-                require(at in 0..bytes.size - 46 && le32(bytes, at) == 0x02014b50) { damaged("its zip directory is cut") }
-                val method = le16(bytes, at + 10)
-                val packed = le32(bytes, at + 20)
-                val unpacked = le32(bytes, at + 24)
-                val nameLength = le16(bytes, at + 28)
-                val local = le32(bytes, at + 42)
-                val name = String(slice(bytes, at + 46, nameLength), Charsets.UTF_8)
+                require(at in 0..bytes.size - CENTRAL_HEADER_SIZE && le32(bytes, at) == 0x02014b50) { damaged("its zip directory is cut") }
+                val method = le16(bytes, at + CENTRAL_METHOD)
+                val packed = le32(bytes, at + CENTRAL_PACKED_SIZE)
+                val unpacked = le32(bytes, at + CENTRAL_UNPACKED_SIZE)
+                val nameLength = le16(bytes, at + CENTRAL_NAME_LENGTH)
+                val local = le32(bytes, at + CENTRAL_LOCAL_OFFSET)
+                val name = String(slice(bytes, at + CENTRAL_HEADER_SIZE, nameLength), Charsets.UTF_8)
                 require(local in 0..bytes.size - 30 && le32(bytes, local) == 0x04034b50) { damaged("'$name' is not in its zip") }
                 val data = slice(bytes, local + 30 + le16(bytes, local + 26) + le16(bytes, local + 28), packed)
                 files[name] = when (method) {
@@ -114,7 +124,7 @@ class TfliteMetadata(
                     8 -> inflate(data, unpacked, name)
                     else -> throw IllegalArgumentException("The model's '$name' is zipped with method $method; stored and deflated are read.")
                 }
-                at += 46 + nameLength + le16(bytes, at + 30) + le16(bytes, at + 32)
+                at += CENTRAL_HEADER_SIZE + nameLength + le16(bytes, at + CENTRAL_EXTRA_LENGTH) + le16(bytes, at + CENTRAL_COMMENT_LENGTH)
             }
             return files
         }
