@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from tflite_pipeline import env
 from tflite_pipeline.errors import ModelError, TFLiteFileError
 from tflite_pipeline.tflite.flatbuffer import read_flatbuffer
 
@@ -91,7 +92,10 @@ class LiteRTClassifier:
         signature = self._input.get("shape_signature", self._input["shape"])
         self._dynamic = bool(len(signature) and signature[0] == -1)
         self.max_batch = max(1, batch_size) if self._dynamic else int(self._input["shape"][0])
-        self._allocated = [0] * len(self._interpreters)
+        with _runtime_errors("prepare"), env.hidden_native_output(once="litert-delegate"):
+            for interpreter in self._interpreters:  # here, not in predict's threads: LiteRT's "Created ... delegate"
+                interpreter.allocate_tensors()      # line is printed once, by whichever thread prepares first
+        self._allocated = [int(self._input["shape"][0])] * len(self._interpreters)
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.num_classes = int(self._output["shape"][-1])
 
