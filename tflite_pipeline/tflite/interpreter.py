@@ -113,8 +113,7 @@ class LiteRTClassifier:
         if n != self._allocated[worker]:
             interpreter = self._interpreters[worker]
             with _runtime_errors("prepare"):
-                if n != int(self._input["shape"][0]) or self._allocated[worker]:
-                    interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
+                interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
                 interpreter.allocate_tensors()
             self._allocated[worker] = n
 
