@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import data_and_cnn, save_small_cnn
 
 import tflite_pipeline as tp
+from tflite_pipeline import cli
 from tflite_pipeline.cli import main
+from tflite_pipeline.errors import INTERNAL_ERROR_EXIT
 from tflite_pipeline.model.load import load_model
 
 
@@ -425,8 +427,23 @@ def test_bad_input_gets_its_typed_error_and_exit_code_and_writes_nothing(name, w
 def test_exit_codes_are_distinct_per_error_family():
     families = [tp.DependencyError, tp.RecipeError, tp.DataError, tp.ModelError, tp.ConversionError,
                 tp.TFLiteFileError, tp.ParityError, tp.OutputError, tp.CompatibilityError, tp.OptionalStepError]
-    codes = [family.exit_code for family in families]
+    codes = [family.exit_code for family in families] + [INTERNAL_ERROR_EXIT]
     assert len(set(codes)) == len(codes) and 0 not in codes and 2 not in codes  # 2 is argparse's usage error
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_bug_of_ours_ends_in_one_line_and_its_exit_code_with_the_traceback_only_when_verbose(
+        verbose, monkeypatch, capsys):
+    def broken(args):
+        raise ValueError("Expected num_to_sample <= points.rows(). 8 vs 7.")
+
+    monkeypatch.setitem(cli._COMMANDS, "recipes", broken)
+    assert main(["recipes", *(["--verbose"] if verbose else [])]) == INTERNAL_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert "error (unexpected ValueError): Expected num_to_sample <= points.rows(). 8 vs 7." in err
+    assert "bug in tflite_pipeline" in err and "--verbose" in err
+    assert ("Traceback (most recent call last)" in err) is verbose
 
 
 def test_skipped_bad_images_are_counted_and_named_in_the_report(workspace, capsys):

@@ -14,14 +14,15 @@ import contextlib
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from tflite_pipeline import env, progress
+from tflite_pipeline import __version__, env, progress
 from tflite_pipeline.config.recipe import load_recipe, parse_override
 from tflite_pipeline.config.sections import AUTO_NORMALIZATION, KERNELS, NORMALIZATIONS, STRATEGIES, VARIANTS
-from tflite_pipeline.errors import Interrupted, PipelineError
+from tflite_pipeline.errors import INTERNAL_ERROR_EXIT, Interrupted, PipelineError
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -473,6 +474,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as error:
         print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
         return error.exit_code
+    except Exception as error:  # the last guard: a bug of ours still ends in one line and an exit code
+        if args.verbose:
+            traceback.print_exc()
+        step = progress.current_step()
+        print(f"error (unexpected {type(error).__name__}{f' during [{step}]' if step else ''}): {error}\n"
+              f"This is a bug in tflite_pipeline {__version__}, not in your input: please report it with the output of "
+              f"the same command run with --verbose (it prints the traceback). Nothing partial was written; "
+              f"finished training stages stay in the stage cache.", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT
     except KeyboardInterrupt as stop:
         name, code = (stop.name, stop.exit_code) if isinstance(stop, Interrupted) else ("Ctrl-C (SIGINT)", 130)
         step = progress.current_step()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+INTERNAL_ERROR_EXIT = 70   # sysexits' EX_SOFTWARE: an error that is not a PipelineError, i.e. a bug of ours
+
 
 class PipelineError(Exception):
     """Base class: a failure the user can act on. `exit_code` is what the CLI returns."""

@@ -178,6 +178,26 @@ def test_pcqat_keeps_the_zeros_of_every_pruned_layer_even_after_a_dense_one(smal
             assert np.mean(kernel == 0) >= 0.69, layer.layer.name  # QAT writes the clustered kernel back each step
 
 
+def test_a_pruned_layer_with_fewer_nonzero_weights_than_clusters_is_left_as_it_is(small_model):
+    """tfmot's sparsity-preserving k-means++ fails on such a layer (one centroid per weight on each side of zero);
+    it already takes at most `clusters` values, so clustering leaves it and says so."""
+    pruned = keras.models.clone_model(small_model)
+    pruned.set_weights(small_model.get_weights())
+    candidates = [layer for layer in pruned.layers
+                  if type(layer) is keras.layers.Conv2D and layer.name not in SMALL_EXCLUDE_NAMES]
+    kernel, *rest = candidates[0].get_weights()
+    flat = kernel.reshape(-1)
+    flat[np.argsort(np.abs(flat))[:-6]] = 0.0   # 6 nonzero weights left, 8 clusters asked for
+    candidates[0].set_weights([flat.reshape(kernel.shape), *rest])
+    said = []
+    wrapped, names = cluster_weights(pruned, ClusterConfig(enabled=True, clusters=8, exclude=SMALL_EXCLUDE),
+                                     log=said.append)
+    assert candidates[0].name not in names and len(names) >= 1
+    assert said == [f"[cluster] {candidates[0].name} left as it is: 6 nonzero weights after pruning, already at most "
+                    "8 values with the zero"]
+    assert np.array_equal(wrapped.get_layer(candidates[0].name).get_weights()[0], flat.reshape(kernel.shape))
+
+
 @pytest.mark.fast
 def test_distillation_loss_reduces_to_cross_entropy_and_zero_kl():
     probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])

@@ -3,6 +3,8 @@ shared values, which compresses well and survives cluster-preserving QAT."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
@@ -32,13 +34,35 @@ def check_clustering(model: keras.Model, config: ClusterConfig) -> list[str]:
     return names
 
 
-def cluster_weights(model: keras.Model, config: ClusterConfig) -> tuple[keras.Model, list[str]]:
-    """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names.
+def already_shared(model: keras.Model, names: list[str], config: ClusterConfig) -> dict[str, int]:
+    """With `preserve_sparsity`, the layers among `names` whose kernels have at most `clusters - 1` nonzero
+    weights (a pruned small layer), with that count: they already take at most `clusters` values with the zero.
+    tfmot's sparsity-preserving centroids could not be placed there (its k-means++ needs a weight per centroid
+    on each side of zero), so these layers are left as they are."""
+    if not config.preserve_sparsity:
+        return {}
+    nonzero = {name: int(np.count_nonzero(model.get_layer(name).get_weights()[0])) for name in names}
+    return {name: count for name, count in nonzero.items() if count < config.clusters}
+
+
+def cluster_weights(model: keras.Model, config: ClusterConfig,
+                    log: Callable[[str], None] = lambda _: None) -> tuple[keras.Model, list[str]]:
+    """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names
+    (without the pruned layers `already_shared` leaves as they are, each said in `log`).
 
     Raises `RecipeError` when a layer has fewer weights than `clusters` or a pattern matches nothing.
     """
     model = flat_model(model)
     names = check_clustering(model, config)
+    skipped = already_shared(model, names, config)
+    for name, count in skipped.items():
+        log(f"[cluster] {name} left as it is: {count} nonzero weights after pruning, already at most "
+            f"{config.clusters} values with the zero")
+    names = [name for name in names if name not in skipped]
+    if not names:
+        raise RecipeError(f"Received `cluster.clusters={config.clusters}`, but every layer selected for clustering "
+                          f"has fewer nonzero weights than that after pruning ({', '.join(skipped)}); lower "
+                          "`cluster.clusters` or `prune.target_sparsity`.")
     params = {"number_of_clusters": config.clusters, "preserve_sparsity": config.preserve_sparsity,
               "cluster_centroids_init": _clustering.CentroidInitialization.KMEANS_PLUS_PLUS}
 
@@ -72,7 +96,7 @@ class Cluster(FineTuneStage):
 
     def run(self, model: keras.Model, previous: StageRecord | None, context: StageContext) -> StageOutput:
         c = context.recipe.cluster
-        wrapped, layers = cluster_weights(model, c)
+        wrapped, layers = cluster_weights(model, c, log=context.log)
         context.log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
         clustered = strip_clustering(context.tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
         sparsity = kernel_sparsity(clustered, layers)

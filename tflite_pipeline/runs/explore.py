@@ -61,6 +61,9 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("prune80-pqat", "prune-pqat-kd", {}, "80% pruning -> PQAT, distilled"),
     Candidate("prune80-cluster16-pcqat", "prune-cluster-pcqat", {},
               "80% pruning -> 16 clusters keeping the zeros -> PCQAT, distilled"),
+    Candidate("channels50-prune80-cluster16-pcqat", "deep-compression", {},
+              "channel pruning to 50% of the MACs -> 80% pruning -> 16 clusters keeping the zeros -> PCQAT, "
+              "distilled"),
     Candidate("channels50-qat", "channels-qat-kd", {}, "channel pruning to 50% of the MACs -> QAT, distilled"),
     Candidate("channels70-qat", "channels-qat-kd", {"channels.mac_budget": 0.7},
               "channel pruning to 70% of the MACs -> QAT, distilled"),
