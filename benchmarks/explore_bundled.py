@@ -1,7 +1,8 @@
 """`explore` on the bundled baseline with a size and accuracy budget, published as a figure.
 
     .venv/bin/python benchmarks/explore_bundled.py --max-gzip-kb 250 --max-top1-drop 1.0 \
-        --candidates ptq,prune80-pqat,prune80-cluster16-pcqat,channels50-qat,channels70-qat,lowrank70-qat --figures
+        --candidates ptq,prune80-pqat,prune80-cluster16-pcqat,channels50-prune80-cluster16-pcqat,channels50-qat,channels70-qat,lowrank70-qat \
+        --figures
 
 Runs (or, for candidates an earlier explore of models/explore/ finished, reads back) the candidates over the
 default recipe's baseline, as `tflite-pipeline explore` does, then prints the table; with --figures writes
@@ -24,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-gzip-kb", type=float, default=250.0)
     parser.add_argument("--max-top1-drop", type=float, default=1.0)
-    parser.add_argument("--candidates", default="ptq,prune80-pqat,prune80-cluster16-pcqat,channels50-qat,"
-                                                "channels70-qat,lowrank70-qat")
+    parser.add_argument("--candidates", default="ptq,prune80-pqat,prune80-cluster16-pcqat,"
+                                                "channels50-prune80-cluster16-pcqat,channels50-qat,channels70-qat,"
+                                                "lowrank70-qat")
     parser.add_argument("--time-budget-min", type=float, default=120.0)
     parser.add_argument("--figures", action="store_true")
     args = parser.parse_args(argv)

@@ -178,24 +178,26 @@ def test_pcqat_keeps_the_zeros_of_every_pruned_layer_even_after_a_dense_one(smal
             assert np.mean(kernel == 0) >= 0.69, layer.layer.name  # QAT writes the clustered kernel back each step
 
 
-def test_a_pruned_layer_with_fewer_nonzero_weights_than_clusters_is_left_as_it_is(small_model):
-    """tfmot's sparsity-preserving k-means++ fails on such a layer (one centroid per weight on each side of zero);
-    it already takes at most `clusters` values, so clustering leaves it and says so."""
+def test_a_pruned_layer_with_fewer_nonzero_weights_than_clusters_keeps_its_zeros_and_values(small_model,
+                                                                                            train_folder):
+    """tfmot's sparsity-preserving k-means++ fails on such a layer (one weight per centroid on each side of zero):
+    it gets a cluster per nonzero weight, stays wrapped, and so keeps its zeros through the fine-tune."""
     pruned = keras.models.clone_model(small_model)
     pruned.set_weights(small_model.get_weights())
-    candidates = [layer for layer in pruned.layers
-                  if type(layer) is keras.layers.Conv2D and layer.name not in SMALL_EXCLUDE_NAMES]
-    kernel, *rest = candidates[0].get_weights()
-    flat = kernel.reshape(-1)
-    flat[np.argsort(np.abs(flat))[:-6]] = 0.0   # 6 nonzero weights left, 8 clusters asked for
-    candidates[0].set_weights([flat.reshape(kernel.shape), *rest])
+    small = next(layer for layer in pruned.layers
+                 if type(layer) is keras.layers.Conv2D and layer.name not in SMALL_EXCLUDE_NAMES)
+    kernel, *rest = small.get_weights()
+    kernel.reshape(-1)[np.argsort(np.abs(kernel.reshape(-1)))[:-6]] = 0.0   # 6 nonzero weights, 8 clusters asked
+    small.set_weights([kernel, *rest])
     said = []
     wrapped, names = cluster_weights(pruned, ClusterConfig(enabled=True, clusters=8, exclude=SMALL_EXCLUDE),
                                      log=said.append)
-    assert candidates[0].name not in names and len(names) >= 1
-    assert said == [f"[cluster] {candidates[0].name} left as it is: 6 nonzero weights after pruning, already at most "
-                    "8 values with the zero"]
-    assert np.array_equal(wrapped.get_layer(candidates[0].name).get_weights()[0], flat.reshape(kernel.shape))
+    assert said == [f"[cluster] {small.name}: 6 nonzero weights after pruning, fewer than 8 clusters: each keeps its "
+                    "own value (7 clusters with the zero)"]
+    fit(wrapped, train_folder, SMALL_SPEC, epochs=1, learning_rate=1e-2, batch_size=16, log=lambda _: None)
+    after = strip_clustering(wrapped).get_layer(small.name).get_weights()[0]
+    assert small.name in names and np.array_equal(after == 0, kernel == 0)   # the zeros stay where pruning put them
+    assert np.unique(after).size <= 7
 
 
 @pytest.mark.fast

@@ -34,42 +34,42 @@ def check_clustering(model: keras.Model, config: ClusterConfig) -> list[str]:
     return names
 
 
-def already_shared(model: keras.Model, names: list[str], config: ClusterConfig) -> dict[str, int]:
-    """With `preserve_sparsity`, the layers among `names` whose kernels have at most `clusters - 1` nonzero
-    weights (a pruned small layer), with that count: they already take at most `clusters` values with the zero.
-    tfmot's sparsity-preserving centroids could not be placed there (its k-means++ needs a weight per centroid
-    on each side of zero), so these layers are left as they are."""
-    if not config.preserve_sparsity:
-        return {}
-    nonzero = {name: int(np.count_nonzero(model.get_layer(name).get_weights()[0])) for name in names}
-    return {name: count for name, count in nonzero.items() if count < config.clusters}
+def clusters_per_layer(model: keras.Model, names: list[str], config: ClusterConfig) -> dict[str, int]:
+    """How many clusters each of `names` gets: `clusters`, except, with `preserve_sparsity`, for a pruned layer
+    with fewer nonzero weights than that (a small layer at high sparsity), which gets one per nonzero weight plus
+    the zero: tfmot's sparsity-preserving k-means++ needs a weight per centroid on each side of zero (it fails
+    otherwise), and the layer must stay wrapped, or the fine-tune would fill its zeros back in."""
+    counts = dict.fromkeys(names, config.clusters)
+    if config.preserve_sparsity:
+        for name in names:
+            nonzero = int(np.count_nonzero(model.get_layer(name).get_weights()[0]))
+            counts[name] = min(config.clusters, max(nonzero + 1, 2))
+    return counts
 
 
 def cluster_weights(model: keras.Model, config: ClusterConfig,
                     log: Callable[[str], None] = lambda _: None) -> tuple[keras.Model, list[str]]:
-    """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names
-    (without the pruned layers `already_shared` leaves as they are, each said in `log`).
+    """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names.
+    A pruned layer with fewer nonzero weights than `clusters` keeps each of them (`clusters_per_layer`, said in
+    `log`).
 
     Raises `RecipeError` when a layer has fewer weights than `clusters` or a pattern matches nothing.
     """
     model = flat_model(model)
     names = check_clustering(model, config)
-    skipped = already_shared(model, names, config)
-    for name, count in skipped.items():
-        log(f"[cluster] {name} left as it is: {count} nonzero weights after pruning, already at most "
-            f"{config.clusters} values with the zero")
-    names = [name for name in names if name not in skipped]
-    if not names:
-        raise RecipeError(f"Received `cluster.clusters={config.clusters}`, but every layer selected for clustering "
-                          f"has fewer nonzero weights than that after pruning ({', '.join(skipped)}); lower "
-                          "`cluster.clusters` or `prune.target_sparsity`.")
-    params = {"number_of_clusters": config.clusters, "preserve_sparsity": config.preserve_sparsity,
-              "cluster_centroids_init": _clustering.CentroidInitialization.KMEANS_PLUS_PLUS}
-
+    counts = clusters_per_layer(model, names, config)
+    for name, count in counts.items():
+        if count < config.clusters:
+            log(f"[cluster] {name}: {count - 1} nonzero weights after pruning, fewer than {config.clusters} clusters: "
+                f"each keeps its own value ({count} clusters with the zero)")
+    init = _clustering.CentroidInitialization.KMEANS_PLUS_PLUS
     base = copy_model(model)  # tfmot wraps the layer objects themselves: never the caller's
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return _clustering.cluster_weights(layer, **params) if layer.name in names else layer
+        if layer.name not in counts:
+            return layer
+        return _clustering.cluster_weights(layer, number_of_clusters=counts[layer.name], cluster_centroids_init=init,
+                                           preserve_sparsity=config.preserve_sparsity)
 
     clustered = keras.models.clone_model(base, clone_function=wrap)
     return clustered, names
