@@ -1,8 +1,8 @@
 """`explore` on the bundled baseline with a size and accuracy budget, published as a figure.
 
     .venv/bin/python benchmarks/explore_bundled.py --max-gzip-kb 250 --max-top1-drop 1.0 \
-        --candidates ptq,prune80-pqat,prune80-cluster16-pcqat,channels50-prune80-cluster16-pcqat,channels50-qat,channels70-qat,lowrank70-qat \
-        --figures
+        --candidates ptq,prune80-pqat,prune80-cluster16-pcqat,channels50-prune80-cluster16-pcqat,channels50-qat,\
+channels70-qat,lowrank70-qat --figures
 
 Runs (or, for candidates an earlier explore of models/explore/ finished, reads back) the candidates over the
 default recipe's baseline, as `tflite-pipeline explore` does, then prints the table; with --figures writes
