@@ -1,3 +1,5 @@
+import logging
+import os
 import subprocess
 import sys
 
@@ -46,3 +48,18 @@ def test_interpreter_is_litert_not_deprecated_tf_lite():
 
     verify = importlib.import_module("tflite_pipeline.tflite.interpreter")
     assert verify.Interpreter.__module__.startswith("ai_edge_litert")
+
+
+@pytest.mark.fast
+def test_tfmots_root_logger_warnings_are_hidden_unless_verbose():
+    root = logging.getLogger()
+
+    def passes(path: str) -> bool:
+        return bool(root.filter(logging.LogRecord("root", logging.WARNING, path, 1, "a warning", None, None)))
+
+    tfmot = os.path.join(os.sep, "venv", "tensorflow_model_optimization", "python", "registry.py")
+    user = os.path.join(os.sep, "home", "user", "train.py")
+    with env.verbosity(False):
+        assert not passes(tfmot) and passes(user)
+    with env.verbosity(True):
+        assert passes(tfmot) and passes(user)

@@ -44,6 +44,12 @@ _NOISY_LOGGERS = ("tensorflow", "absl")
 _quieted_loggers: set[str] = set()
 
 
+def _not_from_tfmot(record: logging.LogRecord) -> bool:
+    """tfmot logs some warnings through the root logger (`logging.warning`, e.g. "Input layer does not contain
+    zero weights, so apply CQAT instead."): a filter on the root logger drops those, and only those, when quiet."""
+    return f"{os.sep}tensorflow_model_optimization{os.sep}" not in record.pathname
+
+
 def verbose() -> bool:
     """Whether TensorFlow may talk: `TFLITE_PIPELINE_VERBOSE` is set to anything but "", 0, false, no or off."""
     return os.environ.get(VERBOSE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no", "off")
@@ -91,8 +97,14 @@ def _apply() -> None:
 
 
 def _apply_logger_levels(quiet: bool) -> None:
-    """The `tensorflow` and `absl` Python loggers show errors only when quiet (unless the user set their level).
-    absl's logger is touched only once absl made it: created earlier, it would be a plain `Logger`."""
+    """The `tensorflow` and `absl` Python loggers show errors only when quiet (unless the user set their level),
+    and tfmot's root-logger warnings are dropped. absl's logger is touched only once absl made it: created earlier,
+    it would be a plain `Logger`."""
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(_not_from_tfmot)   # a no-op when it is there already
+    else:
+        root.removeFilter(_not_from_tfmot)
     for name in _NOISY_LOGGERS:
         if name == "absl" and "absl.logging" not in sys.modules:
             continue
