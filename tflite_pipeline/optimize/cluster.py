@@ -97,6 +97,10 @@ class Cluster(FineTuneStage):
     def run(self, model: keras.Model, previous: StageRecord | None, context: StageContext) -> StageOutput:
         c = context.recipe.cluster
         wrapped, layers = cluster_weights(model, c, log=context.log)
+        unkept = [name for name in (previous.layers if previous and previous.sparsity else ()) if name not in layers]
+        if unkept:
+            context.log(f"[cluster] warning: {', '.join(unkept)} pruned but not clustered: this fine-tune fills "
+                        "their zeros back in (select them in `cluster.layers` / drop them from `cluster.exclude`)")
         context.log(f"[cluster] {len(layers)} layers, {c.clusters} clusters")
         clustered = strip_clustering(context.tuner.fit(wrapped, epochs=c.epochs, learning_rate=c.learning_rate))
         sparsity = kernel_sparsity(clustered, layers)
