@@ -1,7 +1,8 @@
 """Where a compressed int8 .tflite's gzip bytes go: weights (pruned/clustered or not), biases, per-channel scales.
 
     .venv/bin/python benchmarks/compression_breakdown.py models/explore/candidates/ptq/mobilenet_v2_int8.tflite \
-        models/explore/candidates/prune80-cluster16-pcqat/mobilenet_v2_pcqat_int8.tflite --figures
+        models/explore/candidates/prune80-cluster16-pcqat/mobilenet_v2_pcqat_int8.tflite \
+        models/explore/candidates/channels50-prune80-cluster16-pcqat/mobilenet_v2_pcqat_int8.tflite --figures
 
 Each category's bytes (read through LiteRT's tensor list) are gzipped on their own (-9), so the parts add up to
 about the whole file's gzip size; the rest is the flatbuffer's structure (shapes, names, zero points, ops).

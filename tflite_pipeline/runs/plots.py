@@ -44,6 +44,34 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+# where a point's name goes, in offset points, tried in turn until it overlaps no name placed before it
+_LABEL_SPOTS = ((6, 4, "left"), (6, -11, "left"), (-6, 4, "right"), (-6, -11, "right"), (0, 9, "center"),
+                (0, -16, "center"))
+
+
+def _label_points(fig, ax, points: Sequence[ModelPoint]) -> None:
+    """Name each point beside it, on the first side where the name stays inside the axes and overlaps no other
+    name (close points, long names). Call once the axes are complete: it measures the names where they are drawn."""
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = []
+    for p in points:
+        for dx, dy, align in _LABEL_SPOTS:
+            label = ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(dx, dy),
+                                ha=align, fontsize=8)
+            box = label.get_window_extent(renderer)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:   # every side is taken: the first one, overlapping
+            label = ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(6, 4),
+                                fontsize=8)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
+
+
 def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, baseline_top1: float | None = None,
              max_cost: float | None = None, min_top1: float | None = None, chosen: str | None = None) -> bytes:
     """Accuracy vs cost scatter, one labelled point per model, the Pareto front drawn and ringed; a budget
@@ -55,8 +83,6 @@ def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, basel
             label="Pareto front")
     ax.scatter([p.cost for p in front], [p.top1 * 100 for p in front], s=110, facecolors="none",
                edgecolors="tab:orange", lw=1.5, zorder=4)
-    for p in points:
-        ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if baseline_top1 is not None:
         ax.axhline(baseline_top1 * 100, color="grey", ls="--", lw=1, label="float Keras")
     if max_cost is not None:
@@ -73,6 +99,7 @@ def tradeoff(points: Sequence[ModelPoint], *, cost_label: str, title: str, basel
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    _label_points(fig, ax, points)
     return _png(fig)
 
 
