@@ -30,12 +30,13 @@ def inputs(tmp_path_factory) -> Path:
     return data_and_cnn(tmp_path_factory.mktemp("interrupt"), {"train": 20, "validation": 5, "calibration": 3})
 
 
-def _wide_copy(inputs: Path, target: Path) -> Path:
-    """The data with 20,000 extra images (hard links) in one class folder: listing them takes seconds."""
+def _wide_copy(inputs: Path, target: Path, extra: int = 20_000) -> Path:
+    """The data with `extra` more validation images (hard links) in one class folder: listing 20,000 takes
+    seconds; verifying 3,000 takes seconds too (50 images took 0.2 s, over before the signal came)."""
     shutil.copytree(inputs / "data", target)
     folder = sorted((target / "validation").iterdir())[0]
     image = sorted(folder.iterdir())[0]
-    for number in range(20_000):
+    for number in range(extra):
         os.link(image, folder / f"extra{number:05d}.png")
     return target
 
@@ -93,7 +94,8 @@ def test_a_signal_at_each_stage_exits_with_its_code_and_leaves_nothing_partial(n
     import re
 
     build, trigger, signal_number, step, signal_name = CASES[name]
-    data = _wide_copy(inputs, tmp_path / "data") if name.startswith("listing") else inputs / "data"
+    data = (_wide_copy(inputs, tmp_path / "data") if name.startswith("listing")
+            else _wide_copy(inputs, tmp_path / "data", 3_000) if name.startswith("verification") else inputs / "data")
     out = tmp_path / "out"
     code, err = _stop_when([CLI, *build(inputs, data, out)], trigger, signal_number)
     assert code == 128 + signal_number, err[-3000:]
