@@ -60,7 +60,8 @@ def cluster_weights(model: keras.Model, config: ClusterConfig,
     counts = clusters_per_layer(model, names, config)
     for name, count in counts.items():
         if count < config.clusters:
-            log(f"[cluster] {name}: {count - 1} nonzero weights after pruning, fewer than {config.clusters} clusters: "
+            nonzero = int(np.count_nonzero(model.get_layer(name).get_weights()[0]))
+            log(f"[cluster] {name}: {nonzero} nonzero weights after pruning, fewer than {config.clusters} clusters: "
                 f"each keeps its own value ({count} clusters with the zero)")
     init = _clustering.CentroidInitialization.KMEANS_PLUS_PLUS
     base = copy_model(model)  # tfmot wraps the layer objects themselves: never the caller's
