@@ -34,35 +34,32 @@ def check_clustering(model: keras.Model, config: ClusterConfig) -> list[str]:
     return names
 
 
-def clusters_per_layer(model: keras.Model, names: list[str], config: ClusterConfig) -> dict[str, int]:
-    """How many clusters each of `names` gets: `clusters`, except, with `preserve_sparsity`, for a pruned layer
-    with fewer nonzero weights than that (a small layer at high sparsity), which gets one per nonzero weight plus
-    the zero: tfmot's sparsity-preserving k-means++ needs a weight per centroid on each side of zero (it fails
-    otherwise), and the layer must stay wrapped, or the fine-tune would fill its zeros back in."""
-    counts = dict.fromkeys(names, config.clusters)
-    if config.preserve_sparsity:
-        for name in names:
-            nonzero = int(np.count_nonzero(model.get_layer(name).get_weights()[0]))
-            counts[name] = min(config.clusters, max(nonzero + 1, 2))
-    return counts
+def too_sparse_for_clusters(model: keras.Model, names: list[str], config: ClusterConfig) -> dict[str, int]:
+    """With `preserve_sparsity`, the layers among `names` left with fewer than `clusters - 1` nonzero weights (a
+    small layer at high sparsity), with that count. tfmot's sparsity-preserving k-means++ needs a weight per
+    centroid on each side of zero and fails on them; they get one cluster per nonzero weight plus the zero instead,
+    and stay wrapped, or the fine-tune would fill their zeros back in."""
+    if not config.preserve_sparsity:
+        return {}
+    nonzero = {name: int(np.count_nonzero(model.get_layer(name).get_weights()[0])) for name in names}
+    return {name: count for name, count in nonzero.items() if count < config.clusters - 1}
 
 
 def cluster_weights(model: keras.Model, config: ClusterConfig,
                     log: Callable[[str], None] = lambda _: None) -> tuple[keras.Model, list[str]]:
     """A copy of `model` with the selected layers wrapped for clustering (k-means++ centroids), and their names.
-    A pruned layer with fewer nonzero weights than `clusters` keeps each of them (`clusters_per_layer`, said in
-    `log`).
+    A pruned layer with fewer nonzero weights than `clusters` keeps each of them (`too_sparse_for_clusters`, said
+    in `log`).
 
     Raises `RecipeError` when a layer has fewer weights than `clusters` or a pattern matches nothing.
     """
     model = flat_model(model)
     names = check_clustering(model, config)
-    counts = clusters_per_layer(model, names, config)
-    for name, count in counts.items():
-        if count < config.clusters:
-            nonzero = int(np.count_nonzero(model.get_layer(name).get_weights()[0]))
-            log(f"[cluster] {name}: {nonzero} nonzero weights after pruning, fewer than {config.clusters} clusters: "
-                f"each keeps its own value ({count} clusters with the zero)")
+    counts = dict.fromkeys(names, config.clusters)
+    for name, nonzero in too_sparse_for_clusters(model, names, config).items():
+        counts[name] = max(nonzero + 1, 2)
+        log(f"[cluster] {name}: {nonzero} nonzero weights after pruning, fewer than {config.clusters} clusters: "
+            f"each keeps its own value ({counts[name]} clusters with the zero)")
     init = _clustering.CentroidInitialization.KMEANS_PLUS_PLUS
     base = copy_model(model)  # tfmot wraps the layer objects themselves: never the caller's
 

@@ -56,19 +56,22 @@ def _label_points(fig, ax, points: Sequence[ModelPoint]) -> None:
     renderer = fig.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
     placed = []
+
+    def name_at(p: ModelPoint, spot: tuple[int, int, str]):
+        dx, dy, align = spot
+        label = ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(dx, dy), ha=align,
+                            fontsize=8)
+        return label, label.get_window_extent(renderer)
+
     for p in points:
-        for dx, dy, align in _LABEL_SPOTS:
-            label = ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(dx, dy),
-                                ha=align, fontsize=8)
-            box = label.get_window_extent(renderer)
+        for spot in _LABEL_SPOTS:
+            label, box = name_at(p, spot)
             fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
             if fits and not any(box.overlaps(other) for other in placed):
                 break
             label.remove()
         else:   # every side is taken: the first one, overlapping
-            label = ax.annotate(p.name, (p.cost, p.top1 * 100), textcoords="offset points", xytext=(6, 4),
-                                fontsize=8)
-            box = label.get_window_extent(renderer)
+            label, box = name_at(p, _LABEL_SPOTS[0])
         placed.append(box)
 
 
